@@ -1,0 +1,1 @@
+"""Trust characteristics: one module per characteristic, instantiated from conf/characteristic/<name>.yaml."""

@@ -1,0 +1,279 @@
+"""End to end on a tiny model: train -> evaluate, the cache, resumption, label remapping and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose, tiny_overrides
+
+from trustequiv import pipeline
+from trustequiv.cache import OutputCache
+from trustequiv.labels import LabelMismatchError
+from trustequiv.outputs import ModelOutputs
+
+FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert, synthetic_data_dir):
+    """One fine-tuned tiny reference + layer-dropped candidate, evaluated once (shared by the tests below)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = compose(
+        "evaluate",
+        tiny_overrides(
+            tmp, tiny_bert, synthetic_data_dir, "train_missing=true", "compressor=layer_drop", *FAST
+        ),
+    )
+    result = pipeline.evaluate(cfg)
+    return tmp, cfg, result
+
+
+def test_end_to_end_outputs(trained):
+    tmp, _, result = trained
+    run = Path(result["output_dir"])
+    metrics = json.loads((run / "results.json").read_text())["metrics"]
+    assert metrics["calibration/tiny_ref/accuracy"] > 0.9  # the keyword task is learnable
+    for key in (
+        "calibration/tiny_ref/ece_uniform",
+        "calibration/tiny_ref/ece_quantile",
+        "calibration/tiny_ref/mce_uniform",
+        "calibration/tiny_ref/brier",
+        "calibration/tiny_ref/brier_positive",
+        "calibration/tiny_ref/nll",
+        "calibration/tiny_ref_vs_tiny_cand+layer_drop/ece_uniform_diff_ci_low",
+        "errors/tiny_ref_vs_tiny_cand+layer_drop/error_jaccard",
+        "errors/tiny_ref_vs_tiny_cand+layer_drop/flip_rate",
+        "errors/tiny_ref_vs_tiny_cand+layer_drop/mcnemar_p",
+    ):
+        assert key in metrics, key
+    results = json.loads((run / "results.json").read_text())
+    assert results["models"]["tiny_ref"]["fingerprint"]
+    assert results["config"]["task"]["name"] == "sst2"
+    header = (run / "predictions" / "tiny_ref.csv").read_text().splitlines()[0]
+    assert header == "example_id,gold_label,predicted_label,p_negative,p_positive"
+    assert (run / "figures" / "test" / "calibration_reliability_uniform.png").stat().st_size > 1000
+    report = (run / "report.md").read_text()
+    assert "calibration_reliability_uniform.png" in report and "error_jaccard" in report
+    # checkpoints in Hugging Face format with label names
+    ckpt = tmp / "models" / "sst2" / "tiny_cand+layer_drop"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["id2label"] == {"0": "negative", "1": "positive"}
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "trustequiv.json").exists()
+
+
+def test_cache_hit_does_no_forward_pass(trained, monkeypatch):
+    _, cfg, first = trained
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was loaded although its outputs are cached")
+
+    monkeypatch.setattr(pipeline, "load_classifier", boom)
+    monkeypatch.setattr(pipeline, "fine_tune", boom)
+    again = pipeline.evaluate(cfg)
+    assert all(again["cached"].values())
+    assert again["metrics"] == pytest.approx(first["metrics"], nan_ok=True)
+
+
+def test_corrupt_cache_entry_is_recomputed(trained, tmp_path):
+    tmp, cfg, first = trained
+    cache_copy = tmp_path / "cache"
+    shutil.copytree(tmp / "cache", cache_copy)
+    entries = sorted((cache_copy / "outputs").rglob("*.safetensors"))
+    entries[0].write_bytes(b"not a safetensors file")
+    cfg2 = compose(
+        "evaluate", [*_overrides_of(cfg), f"paths.cache_dir={cache_copy}", f"paths.output_dir={tmp_path}/run"]
+    )
+    again = pipeline.evaluate(cfg2)
+    assert not all(again["cached"].values())
+    assert again["metrics"]["errors/tiny_ref/accuracy"] == first["metrics"]["errors/tiny_ref/accuracy"]
+    assert list((cache_copy / "corrupt").iterdir())
+
+
+def test_interrupted_prediction_resumes(trained, tmp_path, monkeypatch):
+    """Kill prediction after two batches; the rerun predicts only the rest and matches a clean run."""
+    _, cfg, first = trained
+    from trustequiv import cache as cache_mod
+
+    real = cache_mod.PartialPredictionWriter.write_on_batch_end
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")  # a crash mid-run (Lightning turns Ctrl-C into SystemExit)
+
+    overrides = [
+        *_overrides_of(cfg),
+        f"paths.cache_dir={tmp_path}/cache",
+        f"paths.output_dir={tmp_path}/run",
+        "predict.batch_size=8",
+    ]
+    cfg2 = compose("evaluate", overrides)
+    monkeypatch.setattr(cache_mod.PartialPredictionWriter, "write_on_batch_end", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        pipeline.evaluate(cfg2)
+    partial = list((tmp_path / "cache" / "outputs").rglob("*.partial/*.safetensors"))
+    assert len(partial) == 2
+    monkeypatch.setattr(cache_mod.PartialPredictionWriter, "write_on_batch_end", real)
+    predicted = []
+    real_predict = pipeline.predict_outputs
+
+    def counting(*args, **kwargs):
+        out = real_predict(*args, **kwargs)
+        predicted.append(out)
+        return out
+
+    monkeypatch.setattr(pipeline, "predict_outputs", counting)
+    again = pipeline.evaluate(cfg2)
+    assert again["metrics"]["errors/tiny_ref/accuracy"] == first["metrics"]["errors/tiny_ref/accuracy"]
+    assert not list((tmp_path / "cache" / "outputs").rglob("*.partial"))
+
+
+def _overrides_of(cfg, compressor: bool = True) -> list[str]:
+    """Re-create the overrides of a composed tiny config (paths and models reused)."""
+    return [
+        "task=sst2",
+        "model=minilm",
+        "model@reference=minilm",
+        f"model.pretrained={cfg.model.pretrained}",
+        f"reference.pretrained={cfg.reference.pretrained}",
+        "reference.name=tiny_ref",
+        "model.name=tiny_cand",
+        f"paths.data_dir={cfg.paths.data_dir}",
+        f"paths.models_dir={cfg.paths.models_dir}",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        "task.max_length=32",
+        *(["compressor=layer_drop"] if compressor else []),
+    ]
+
+
+def test_label_remapping_by_name(trained, tmp_path):
+    """A checkpoint whose id2label lists the classes in the other order gives the same canonical logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    tmp, cfg, _ = trained
+    src = tmp / "models" / "sst2" / "tiny_ref"
+    flipped = tmp_path / "flipped"
+    model = AutoModelForSequenceClassification.from_pretrained(src)
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight.flip(0))
+        model.classifier.bias.copy_(model.classifier.bias.flip(0))
+    model.config.id2label = {0: "POSITIVE", 1: "NEGATIVE"}
+    model.config.label2id = {"POSITIVE": 0, "NEGATIVE": 1}
+    model.save_pretrained(flipped)
+    for f in src.glob("*.txt"):
+        shutil.copy(f, flipped)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / f, flipped)
+    overrides = [
+        *_overrides_of(cfg, compressor=False),
+        f"paths.cache_dir={tmp_path}/cache",
+        f"paths.output_dir={tmp_path}/run",
+        f"model.checkpoint={flipped}",
+        "model.name=flipped",
+    ]
+    result = pipeline.evaluate(compose("evaluate", overrides))
+    m = result["metrics"]
+    assert m["errors/tiny_ref_vs_flipped/agreement"] == 1.0
+    assert m["calibration/tiny_ref_vs_flipped/nll_diff"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mismatched_labels_raise(trained, tmp_path):
+    from transformers import AutoConfig
+
+    tmp, cfg, _ = trained
+    src = tmp / "models" / "sst2" / "tiny_ref"
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    config = AutoConfig.from_pretrained(other)
+    config.id2label = {0: "entailment", 1: "contradiction"}
+    config.label2id = {"entailment": 0, "contradiction": 1}
+    config.save_pretrained(other)
+    overrides = [
+        *_overrides_of(cfg, compressor=False),
+        f"paths.cache_dir={tmp_path}/cache",
+        f"paths.output_dir={tmp_path}/run",
+        f"model.checkpoint={other}",
+        "model.name=other",
+    ]
+    with pytest.raises(LabelMismatchError, match="entailment"):
+        pipeline.evaluate(compose("evaluate", overrides))
+
+
+def test_missing_checkpoint_names_the_command(tiny_bert, synthetic_data_dir, tmp_path):
+    cfg = compose("evaluate", tiny_overrides(tmp_path, tiny_bert, synthetic_data_dir))
+    with pytest.raises(FileNotFoundError, match=r"python train.py model=tiny_ref task=sst2"):
+        pipeline.evaluate(cfg)
+
+
+def test_missing_data_file_names_the_path(tiny_bert, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = compose("evaluate", tiny_overrides(tmp_path, tiny_bert, tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
+        pipeline.evaluate(cfg)
+
+
+def test_same_model_twice_is_refused(tiny_bert, synthetic_data_dir, tmp_path):
+    cfg = compose(
+        "evaluate", [*tiny_overrides(tmp_path, tiny_bert, synthetic_data_dir), "model.name=tiny_ref"]
+    )
+    with pytest.raises(ValueError, match="model names must differ"):
+        pipeline.model_specs(cfg)
+
+
+def test_nan_logits_are_refused():
+    with pytest.raises(ValueError, match="NaN/inf logits"):
+        ModelOutputs(
+            name="m",
+            example_ids=torch.arange(3),
+            logits=torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 0.0]]),
+            labels=torch.tensor([0, 1, 0]),
+            label_names=("a", "b"),
+        )
+
+
+def test_empty_text_is_refused(tiny_bert):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from trustequiv.data import encode_split
+
+    split = Dataset.from_dict({"id": [1, 2], "text_a": ["good movie", "  "], "label": [1, 0]})
+    with pytest.raises(ValueError, match=r"empty text \(ids \[2\]"):
+        encode_split(split, AutoTokenizer.from_pretrained(tiny_bert), pair=False, max_length=16)
+
+
+def test_train_entry_refuses_to_overwrite(trained):
+    tmp, cfg, _ = trained
+    overrides = [o for o in _overrides_of(cfg) if not o.startswith(("model@reference", "reference."))]
+    overrides = [
+        o.replace("model.name=tiny_cand", "model.name=tiny_ref") for o in overrides if "compressor" not in o
+    ]
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        pipeline.train(compose("train", [*overrides, f"paths.output_dir={tmp}/train_run"]))
+
+
+def test_cache_roundtrip_keeps_tensors(tmp_path):
+    cache = OutputCache(tmp_path)
+    out = ModelOutputs(
+        name="m",
+        example_ids=torch.tensor([5, 3]),
+        logits=torch.randn(2, 3),
+        labels=torch.tensor([0, 2]),
+        label_names=("a", "b", "c"),
+        embeddings=torch.randn(2, 4),
+    )
+    cache.save("ab" * 32, out, {"model": "m"})
+    back = cache.load("ab" * 32, "renamed")
+    assert (
+        back.name == "renamed"
+        and torch.equal(back.logits, out.logits)
+        and back.label_names == out.label_names
+    )

@@ -1,0 +1,69 @@
+"""The Characteristic interface: per-model measurement plus a pure reference-vs-candidate comparison."""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trustequiv.outputs import CharacteristicResult, ModelOutputs
+
+
+def pair_name(reference: str, candidate: str) -> str:
+    """Scope string for a pair's metrics, e.g. ``"bert_base_vs_distilbert"``."""
+    return f"{reference}_vs_{candidate}"
+
+
+class Characteristic(ABC):
+    """One trust characteristic.
+
+    Subclasses implement :meth:`compare` (pure: tensors in, numbers out; no Lightning, W&B or network) and
+    may override :meth:`per_model` (numbers about one model alone) and :meth:`collect` (per-model work that
+    needs the model itself, e.g. attributions or attacks; the pipeline caches its return value and passes it
+    back through ``ModelOutputs.extras[self.name]``).
+
+    The pipeline calls :meth:`evaluate` with every model's outputs; the default runs ``per_model`` on each
+    model and ``compare`` on every (reference, candidate) pair, then :meth:`summarize` over all models.
+    """
+
+    #: registry name; the key under ``characteristic:`` in the config and the metric prefix.
+    name: str = "characteristic"
+    #: whether :meth:`collect` needs the model (the pipeline then loads it and caches the result).
+    needs_model: bool = False
+
+    def collect(self, model: Any, outputs: ModelOutputs) -> Mapping[str, Any]:
+        """Per-model work that needs the model itself. Default: nothing."""
+        return {}
+
+    def cache_config(self) -> Mapping[str, Any]:
+        """The settings that change :meth:`collect`'s result (part of its cache key)."""
+        return {}
+
+    def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
+        """Numbers about one model alone, scoped ``"<model>/<metric>"``. Default: none."""
+        return CharacteristicResult()
+
+    @abstractmethod
+    def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
+        """Compare two models on their shared examples; metrics scoped ``"<ref>_vs_<cand>/<metric>"``."""
+
+    def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
+        """Figures/tables over all models at once (e.g. a pairwise matrix). Default: none."""
+        return CharacteristicResult()
+
+    def evaluate(self, reference: ModelOutputs, candidates: Sequence[ModelOutputs]) -> CharacteristicResult:
+        """Run per_model on every model, compare on every reference-candidate pair, then summarize."""
+        result = CharacteristicResult()
+        models = [reference, *candidates]
+        for out in models:
+            result.update(self.per_model(out))
+        for cand in candidates:
+            result.update(self.compare(reference, cand))
+        result.update(self.summarize(models))
+        return result
+
+
+def all_pairs(outputs: Sequence[ModelOutputs]) -> list[tuple[ModelOutputs, ModelOutputs]]:
+    """Every unordered pair of models, in the given order (paper B compares all pairs)."""
+    return list(itertools.combinations(outputs, 2))

@@ -1,0 +1,63 @@
+"""Pure metric functions (numpy arrays or torch tensors in, Python numbers or small dataclasses out)."""
+
+from trustequiv.functional.agreement import (
+    Flips,
+    agreement_rate,
+    cohen_kappa,
+    error_jaccard,
+    error_set,
+    flips,
+    jaccard,
+    jensen_shannon_distance,
+    mcnemar_exact_p,
+)
+from trustequiv.functional.bootstrap import (
+    BootstrapResult,
+    bootstrap_indices,
+    paired_bootstrap,
+    paired_bootstrap_many,
+)
+from trustequiv.functional.calibration import (
+    CalibrationBins,
+    accuracy,
+    assign_bins,
+    bin_edges,
+    binary_brier_score,
+    brier_score,
+    calibration_bins,
+    calibration_bins_from_confidences,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    top_label,
+    wilson_interval,
+)
+
+__all__ = [
+    "BootstrapResult",
+    "CalibrationBins",
+    "Flips",
+    "accuracy",
+    "agreement_rate",
+    "assign_bins",
+    "bin_edges",
+    "binary_brier_score",
+    "bootstrap_indices",
+    "brier_score",
+    "calibration_bins",
+    "calibration_bins_from_confidences",
+    "cohen_kappa",
+    "error_jaccard",
+    "error_set",
+    "expected_calibration_error",
+    "flips",
+    "jaccard",
+    "jensen_shannon_distance",
+    "maximum_calibration_error",
+    "mcnemar_exact_p",
+    "negative_log_likelihood",
+    "paired_bootstrap",
+    "paired_bootstrap_many",
+    "top_label",
+    "wilson_interval",
+]

@@ -1,0 +1,103 @@
+"""LightningModule around a Hugging Face sequence classifier: fine-tuning and cached-output prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """Pool ``(B, T, D)`` hidden states to ``(B, D)``: ``"cls"`` (first token) or ``"mean"`` (real tokens).
+
+    Raises:
+        ValueError: unknown pooling.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    raise ValueError(f"unknown pooling '{pooling}': use cls or mean")
+
+
+class SequenceClassifier(L.LightningModule):
+    """Fine-tunes ``model`` (AdamW, linear warmup then linear decay) and predicts cached outputs.
+
+    ``predict_step`` returns, per batch, ``example_id (B,)``, ``logits (B, C)`` in the task's canonical label
+    order (columns permuted by ``label_permutation``), ``labels (B,)`` and ``embeddings (B, D)`` pooled from
+    hidden layer ``layer``. All outputs are float32 on CPU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_labels: int,
+        *,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        label_permutation: Sequence[int] | None = None,
+        pooling: str = "cls",
+        layer: int = -1,
+    ):
+        super().__init__()
+        self.model = model
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self.pooling, self.layer = pooling, layer
+        perm = list(label_permutation) if label_permutation is not None else list(range(num_labels))
+        self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
+        self.val_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
+        self.save_hyperparameters(ignore=["model"])
+
+    @staticmethod
+    def _inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def forward(self, batch: dict[str, Tensor]):
+        return self.model(**self._inputs(batch))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.model(**self._inputs(batch), labels=batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self.model(**self._inputs(batch), labels=batch["labels"])
+        n = batch["labels"].shape[0]
+        self.val_acc(out.logits, batch["labels"])
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=n)
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        out = self.model(**self._inputs(batch), output_hidden_states=True)
+        logits = out.logits.float()[:, self.perm]
+        emb = pool(out.hidden_states[self.layer], batch["attention_mask"], self.pooling).float()
+        return {
+            "example_id": batch["example_id"].cpu(),
+            "logits": logits.cpu(),
+            "labels": batch["labels"].cpu(),
+            "embeddings": emb.cpu(),
+        }
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        # No weight decay on biases and LayerNorm weights (BERT's recipe).
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

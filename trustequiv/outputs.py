@@ -1,0 +1,134 @@
+"""Data carried between the pipeline stages: one model's cached outputs and one characteristic's result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One model's outputs on one task split (N examples, C classes, D embedding dims).
+
+    Attributes:
+        name: model name as shown in results (e.g. ``"minilm+layer_drop"``).
+        example_ids: ``(N,)`` int64, stable ids that align two models' rows.
+        logits: ``(N, C)`` float32, columns in the task's canonical label order (``label_names``).
+        labels: ``(N,)`` int64 gold labels in the same order, ``-1`` where unlabelled.
+        label_names: the ``C`` canonical class names.
+        embeddings: ``(N, D)`` float32 pooled representation, or ``None``.
+        extras: per-characteristic, per-model results (attributions, attack outcomes, ...).
+    """
+
+    name: str
+    example_ids: Tensor
+    logits: Tensor
+    labels: Tensor
+    label_names: tuple[str, ...]
+    embeddings: Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.example_ids.shape[0]
+        if self.logits.ndim != 2 or self.logits.shape[0] != n:
+            raise ValueError(f"{self.name}: logits must be (N, C) with N={n}, got {tuple(self.logits.shape)}")
+        if self.labels.shape != (n,):
+            raise ValueError(f"{self.name}: labels must be ({n},), got {tuple(self.labels.shape)}")
+        if self.logits.shape[1] != len(self.label_names):
+            raise ValueError(
+                f"{self.name}: {self.logits.shape[1]} logit columns but {len(self.label_names)} label names"
+            )
+        if self.embeddings is not None and self.embeddings.shape[0] != n:
+            raise ValueError(f"{self.name}: embeddings have {self.embeddings.shape[0]} rows, expected {n}")
+        if not torch.isfinite(self.logits).all():
+            bad = int((~torch.isfinite(self.logits)).any(dim=1).sum())
+            raise ValueError(
+                f"{self.name}: {bad} of {n} examples have NaN/inf logits; the checkpoint is broken or "
+                "ran in too low a precision (try trainer.precision=32-true)"
+            )
+
+    @property
+    def probs(self) -> Tensor:
+        """``(N, C)`` softmax probabilities in float64 (metrics are computed in double precision)."""
+        return torch.softmax(self.logits.double(), dim=-1)
+
+    @property
+    def predictions(self) -> Tensor:
+        """``(N,)`` int64 argmax class."""
+        return self.logits.argmax(dim=-1)
+
+    def __len__(self) -> int:
+        return int(self.example_ids.shape[0])
+
+    def select(self, example_ids: Tensor) -> ModelOutputs:
+        """Rows for ``example_ids`` in that order. Raises ``KeyError`` if any id is missing."""
+        pos = {int(i): k for k, i in enumerate(self.example_ids.tolist())}
+        try:
+            idx = torch.tensor([pos[int(i)] for i in example_ids.tolist()], dtype=torch.long)
+        except KeyError as err:
+            raise KeyError(f"{self.name}: example id {err.args[0]} not in these outputs") from None
+        return ModelOutputs(
+            name=self.name,
+            example_ids=self.example_ids[idx],
+            logits=self.logits[idx],
+            labels=self.labels[idx],
+            label_names=self.label_names,
+            embeddings=None if self.embeddings is None else self.embeddings[idx],
+            extras=self.extras,
+        )
+
+
+def align(reference: ModelOutputs, candidate: ModelOutputs) -> tuple[ModelOutputs, ModelOutputs]:
+    """Restrict two models' outputs to their common examples, in the reference's order.
+
+    Raises:
+        ValueError: the label names differ (the two outputs come from different tasks or label orders),
+            the gold labels disagree on a shared example, or no example is shared.
+    """
+    if tuple(reference.label_names) != tuple(candidate.label_names):
+        raise ValueError(
+            f"label sets do not match: {reference.name} has {list(reference.label_names)}, "
+            f"{candidate.name} has {list(candidate.label_names)}; evaluate both on the same task"
+        )
+    cand_ids = set(candidate.example_ids.tolist())
+    keep = torch.tensor([int(i) in cand_ids for i in reference.example_ids.tolist()], dtype=torch.bool)
+    if not bool(keep.any()):
+        raise ValueError(f"{reference.name} and {candidate.name} share no example ids")
+    ids = reference.example_ids[keep]
+    ref, cand = reference.select(ids), candidate.select(ids)
+    if not torch.equal(ref.labels, cand.labels):
+        raise ValueError(f"gold labels of {reference.name} and {candidate.name} disagree on shared examples")
+    return ref, cand
+
+
+@dataclass
+class CharacteristicResult:
+    """What one characteristic reports.
+
+    Attributes:
+        metrics: flat ``"<scope>/<metric>": number`` entries; scope is a model name or ``"<ref>_vs_<cand>"``.
+            The pipeline prefixes the characteristic's name.
+        tables: name -> list of row dicts (rendered in the report, logged as W&B tables).
+        figures: name -> matplotlib Figure (saved as PNG in the run dir, shown in the report and W&B).
+        per_example: name -> ``{column: 1-D array}`` aligned per-example values for export.
+        notes: sentences for the report (protocol choices, departures from a paper).
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    per_example: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def update(self, other: CharacteristicResult) -> CharacteristicResult:
+        """Merge ``other`` into this result (later keys win) and return self."""
+        self.metrics.update(other.metrics)
+        self.tables.update(other.tables)
+        self.figures.update(other.figures)
+        self.per_example.update(other.per_example)
+        self.notes.extend(n for n in other.notes if n not in self.notes)
+        return self

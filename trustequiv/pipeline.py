@@ -1,0 +1,358 @@
+"""train(cfg) and evaluate(cfg), the jobs of the entry points. The core knows no specific model or task."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trustequiv.cache import OutputCache, content_key
+from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.config import CONF_DIR, available, to_container
+from trustequiv.models import (
+    ModelSpec,
+    fingerprint,
+    load_classifier,
+    local_dir,
+    read_metadata,
+    resolve_checkpoint,
+)
+from trustequiv.outputs import CharacteristicResult, ModelOutputs
+from trustequiv.prediction import predict_outputs
+from trustequiv.reporting import (
+    headline_rows,
+    print_headline,
+    save_figures,
+    write_per_example,
+    write_predictions,
+    write_report,
+    write_results,
+)
+from trustequiv.tracking import log_evaluation, make_wandb_logger
+from trustequiv.training import fine_tune
+
+log = logging.getLogger(__name__)
+
+MODEL_HEADLINE = ("accuracy", "ece_uniform", "ece_quantile", "mce_uniform", "brier", "nll", "n_errors")
+PAIR_HEADLINE = (
+    "error_jaccard",
+    "agreement",
+    "flip_rate",
+    "cohen_kappa",
+    "mcnemar_p",
+    "ece_uniform_diff",
+    "js_distance",
+)
+
+
+# ---------------------------------------------------------------- config -> objects
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def load_task_data(cfg: DictConfig):
+    """The task's ``DatasetDict`` from ``paths.data_dir`` (local files) or the hub when it is null."""
+    data_dir = cfg.paths.get("data_dir")
+    loader = hydra.utils.instantiate(cfg.task.loader)
+    return loader.load(
+        str(Path(data_dir).expanduser()) if data_dir else None, label_names=list(cfg.task.label_names)
+    )
+
+
+def model_node(node: Any) -> Any:
+    """A ``conf/model`` node; a bare name (``reference=bert_large`` on the command line) is looked up there.
+
+    Raises:
+        ValueError: the name is not a file in conf/model.
+    """
+    if not isinstance(node, str):
+        return node
+    path = CONF_DIR / "model" / f"{node}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown model '{node}'; available: {', '.join(available('model'))}")
+    return OmegaConf.load(path)
+
+
+def model_specs(cfg: DictConfig) -> tuple[ModelSpec, list[ModelSpec]]:
+    """(reference, candidates) from ``reference``, ``model``, ``compressor`` and ``candidates``.
+
+    Raises:
+        ValueError: two models share a name (their outputs and checkpoints would collide).
+    """
+    reference = ModelSpec.from_config(model_node(cfg.reference))
+    if cfg.get("candidates"):
+        candidates = [ModelSpec.from_config(c["base"], c.get("compressor")) for c in cfg.candidates]
+    else:
+        candidates = [ModelSpec.from_config(cfg.model, cfg.get("compressor"))]
+    names = [reference.name, *(c.name for c in candidates)]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"model names must differ, got {names}: compare a model with a compressed or differently named "
+            "version (e.g. compressor=quantize_dynamic), or give the checkpoint another model.name"
+        )
+    return reference, candidates
+
+
+def build_characteristics(cfg: DictConfig) -> list[Characteristic]:
+    chars = []
+    for name, node in (cfg.get("characteristic") or {}).items():
+        obj = hydra.utils.instantiate(node)
+        if not isinstance(obj, Characteristic):
+            raise TypeError(f"characteristic '{name}' built a {type(obj).__name__}, not a Characteristic")
+        chars.append(obj)
+    if not chars:
+        raise ValueError("no characteristic selected: use e.g. characteristic=[calibration,errors]")
+    return chars
+
+
+# ---------------------------------------------------------------- checkpoints
+def ensure_checkpoint(spec: ModelSpec, cfg: DictConfig, dataset, *, allow_train: bool, logger=None) -> str:
+    """The fine-tuned checkpoint of ``spec`` on the task; trained (and compressed) first when missing and
+    ``allow_train``.
+
+    Raises:
+        FileNotFoundError: missing and not allowed to train (the message gives the command that makes it).
+    """
+    found = resolve_checkpoint(spec, cfg.task.name, cfg.paths.models_dir)
+    if found:
+        return found
+    out_dir = spec.default_dir(cfg.paths.models_dir, cfg.task.name)
+    if not allow_train:
+        comp = f" compressor={spec.compressor['name']}" if spec.compressor else ""
+        base = spec.base.name if spec.base else spec.name
+        raise FileNotFoundError(
+            f"no fine-tuned checkpoint for {spec.name} on {cfg.task.name} at {out_dir}. Make it with "
+            f"`python train.py model={base}{comp} task={cfg.task.name}`, point model.checkpoint at one, "
+            "or add train_missing=true"
+        )
+    base_checkpoint = None
+    if spec.base is not None:
+        base_checkpoint = ensure_checkpoint(spec.base, cfg, dataset, allow_train=True, logger=logger)
+    log.info("training missing checkpoint %s on %s", spec.name, cfg.task.name)
+    return str(
+        fine_tune(
+            spec,
+            dataset,
+            task_cfg=_plain(cfg.task),
+            trainer_cfg=_plain(cfg.trainer),
+            out_dir=out_dir,
+            seed=int(cfg.seed),
+            base_checkpoint=base_checkpoint,
+            logger=logger if logger is not None else False,
+        )
+    )
+
+
+# ---------------------------------------------------------------- train
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` (compressed by ``cfg.compressor`` if set) on ``cfg.task``; return its metadata.
+
+
+    Raises:
+        FileExistsError: the checkpoint exists and ``overwrite`` is false.
+    """
+    spec = ModelSpec.from_config(cfg.model, cfg.get("compressor"))
+    out_dir = spec.default_dir(cfg.paths.models_dir, cfg.task.name)
+    if spec.checkpoint:
+        raise ValueError("train.py writes to paths.models_dir; model.checkpoint is for evaluate.py")
+    if (out_dir / "config.json").exists() and not cfg.get("overwrite", False):
+        raise FileExistsError(f"{out_dir} already holds a checkpoint: pass overwrite=true to train it again")
+    dataset = load_task_data(cfg)
+    logger = make_wandb_logger(
+        cfg.get("logger"),
+        save_dir=cfg.paths.output_dir,
+        name=f"train-{cfg.task.name}-{spec.name}",
+        job_type="train",
+        config=to_container(cfg),
+    )
+    base_checkpoint = None
+    if spec.base is not None:
+        base_checkpoint = ensure_checkpoint(spec.base, cfg, dataset, allow_train=True, logger=logger)
+    path = fine_tune(
+        spec,
+        dataset,
+        task_cfg=_plain(cfg.task),
+        trainer_cfg=_plain(cfg.trainer),
+        out_dir=out_dir,
+        seed=int(cfg.seed),
+        base_checkpoint=base_checkpoint,
+        logger=logger if logger is not None else False,
+    )
+    if logger is not None:
+        logger.experiment.finish()
+    meta = read_metadata(path)
+    print(f"checkpoint: {path}  best val acc: {meta.get('best_val_acc')}")
+    return {"checkpoint": str(path), **meta}
+
+
+# ---------------------------------------------------------------- evaluate
+def _limit(split, n: int | None):
+    if not n or n >= len(split):
+        return split
+    ids = split["id"]
+    keep = sorted(range(len(ids)), key=lambda i: ids[i])[:n]
+    return split.select(sorted(keep))
+
+
+def _collect_extras(
+    char: Characteristic, spec_fp: str, outputs: ModelOutputs, cache: OutputCache, load, task: str, split: str
+) -> ModelOutputs:
+    """Run ``char.collect`` once per model (cached), attach its result to ``outputs.extras``."""
+    key = content_key(
+        kind="extras",
+        characteristic=char.name,
+        config=dict(char.cache_config()),
+        checkpoint=spec_fp,
+        task=task,
+        split=split,
+        ids=content_key(ids=outputs.example_ids.tolist()),
+    )
+    extras = cache.load_extras(key)
+    if extras is None:
+        extras = dict(char.collect(load(), outputs))
+        cache.save_extras(key, extras)
+    return dataclasses.replace(outputs, extras={**outputs.extras, char.name: extras})
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Compare the reference with each candidate on the task's evaluation split(s).
+
+    Writes results.json, predictions/, figures/, tables/ and report.md into ``paths.output_dir`` and logs to
+    W&B; returns ``{"metrics": ..., "output_dir": ..., "cached": {model: bool}}``.
+    """
+    started = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = OutputCache(cfg.paths.cache_dir)
+    memo = Path(cfg.paths.cache_dir) / "fingerprints.json"
+    task_cfg = _plain(cfg.task)
+    reference, candidates = model_specs(cfg)
+    characteristics = build_characteristics(cfg)
+    dataset = load_task_data(cfg)
+    splits = list(cfg.get("splits") or [task_cfg["eval_split"], *task_cfg.get("extra_splits", [])])
+    missing = [s for s in splits if s not in dataset]
+    if missing:
+        raise ValueError(f"task {task_cfg['name']} has no split(s) {missing}; it has {list(dataset)}")
+
+    specs = [reference, *candidates]
+    identities: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
+    cached: dict[str, bool] = {}
+    predict_cfg = _plain(cfg.predict)
+    for spec in specs:
+        checkpoint = ensure_checkpoint(spec, cfg, dataset, allow_train=bool(cfg.get("train_missing", False)))
+        directory = local_dir(checkpoint, spec.revision)
+        fp = fingerprint(directory, memo)
+        identities[spec.name] = {
+            "checkpoint": str(directory),
+            "fingerprint": fp,
+            "metadata": read_metadata(directory),
+        }
+        loaded_box: list = []
+
+        def load(spec=spec, checkpoint=checkpoint, loaded_box=loaded_box):
+            if not loaded_box:  # load at most once per model, and only if something is not cached
+                loaded_box.append(
+                    load_classifier(
+                        checkpoint,
+                        list(task_cfg["label_names"]),
+                        declared_label_names=spec.label_names,
+                        revision=spec.revision,
+                        trust_remote_code=spec.trust_remote_code,
+                        memo_file=memo,
+                    )
+                )
+            return loaded_box[0]
+
+        for split in splits:
+            data = _limit(dataset[split], cfg.get("limit_examples"))
+            out, was_cached = predict_outputs(
+                spec.name,
+                fp,
+                load,
+                data,
+                task_cfg=task_cfg,
+                split=split,
+                cache=cache,
+                trainer_cfg=_plain(cfg.trainer),
+                predict_cfg=predict_cfg,
+                declared_label_names=spec.label_names,
+            )
+            cached[f"{spec.name}/{split}"] = was_cached
+            for char in characteristics:
+                if char.needs_model:
+                    out = _collect_extras(char, fp, out, cache, load, task_cfg["name"], split)
+            outputs[split][spec.name] = out
+        loaded_box.clear()  # free the model before the next one
+
+    metrics: dict[str, float] = {}
+    results: dict[str, CharacteristicResult] = {}
+    figure_paths: dict[str, Path] = {}
+    all_tables: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        ref_out = outputs[split][reference.name]
+        cand_outs = [outputs[split][c.name] for c in candidates]
+        prefix = "" if split == splits[0] else f"{split}/"
+        for char in characteristics:
+            res = char.evaluate(ref_out, cand_outs)
+            label = f"{prefix}{char.name}"
+            results[label] = res
+            metrics.update({f"{label}/{k}": float(v) for k, v in res.metrics.items()})
+            figs = save_figures(
+                {f"{char.name}_{k}": f for k, f in res.figures.items()}, out_dir / "figures" / split
+            )
+            figure_paths.update({f"{label}_{k}": p for k, p in zip(res.figures, figs.values(), strict=True)})
+            all_tables.update({f"{label}/{k}": rows for k, rows in res.tables.items()})
+            write_per_example(res.per_example, out_dir / "per_example" / split)
+        pred_dir = out_dir / "predictions" if split == splits[0] else out_dir / "predictions" / split
+        for name, out in outputs[split].items():
+            write_predictions(out, pred_dir / f"{name}.csv")
+
+    model_names = [s.name for s in specs]
+    pair_names = [pair_name(reference.name, c.name) for c in candidates]
+    headline = {
+        f"models on {cfg.task.name}/{splits[0]}": headline_rows(metrics, model_names, MODEL_HEADLINE),
+        f"{reference.name} vs candidates": headline_rows(metrics, pair_names, PAIR_HEADLINE),
+    }
+    seconds = round(time.time() - started, 1)
+    config = to_container(cfg)
+    write_results(
+        out_dir / "results.json",
+        metrics,
+        task=cfg.task.name,
+        splits=splits,
+        reference=reference.name,
+        candidates=[c.name for c in candidates],
+        models=identities,
+        cached=cached,
+        seconds=seconds,
+        config=config,
+    )
+    n = {s: len(next(iter(outputs[s].values()))) for s in splits}
+    write_report(
+        out_dir / "report.md",
+        title=f"trustequiv: {reference.name} vs {', '.join(c.name for c in candidates)} on {cfg.task.name}",
+        summary=[
+            f"Splits: {', '.join(f'{s} ({n[s]} examples)' for s in splits)}. Wall time {seconds} s.",
+            f"Reference: `{identities[reference.name]['checkpoint']}`.",
+            *[f"Candidate {c.name}: `{identities[c.name]['checkpoint']}`." for c in candidates],
+        ],
+        headline=headline,
+        results=results,
+        figure_paths=figure_paths,
+    )
+    wb = make_wandb_logger(
+        cfg.get("logger"),
+        save_dir=out_dir,
+        name=f"{cfg.task.name}-{'-'.join(c.name for c in candidates)}",
+        job_type="evaluate",
+        config=config,
+    )
+    log_evaluation(wb, metrics, {k.replace("/", "_"): v for k, v in figure_paths.items()}, all_tables)
+    print_headline(headline)
+    return {"metrics": metrics, "output_dir": str(out_dir), "cached": cached, "seconds": seconds}

@@ -1,0 +1,141 @@
+"""What an evaluate run leaves in its run dir: results.json, predictions, figures, report.md, a table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trustequiv.outputs import CharacteristicResult, ModelOutputs
+
+
+def write_predictions(outputs: ModelOutputs, path: Path) -> None:
+    """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs = outputs.probs.numpy()
+    preds = outputs.predictions.tolist()
+    names = outputs.label_names
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["example_id", "gold_label", "predicted_label", *[f"p_{n}" for n in names]])
+        for i, eid in enumerate(outputs.example_ids.tolist()):
+            gold = int(outputs.labels[i])
+            w.writerow(
+                [eid, names[gold] if gold >= 0 else "", names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
+            )
+
+
+def save_figures(figures: Mapping[str, Any], directory: Path) -> dict[str, Path]:
+    """Save matplotlib figures as PNG (150 dpi) and close them; returns name -> path."""
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, fig in figures.items():
+        p = directory / f"{name}.png"
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        plt.close(fig)
+        paths[name] = p
+    return paths
+
+
+def write_per_example(per_example: Mapping[str, Mapping[str, Sequence]], directory: Path) -> None:
+    """Each per-example export as ``<name>.csv``."""
+    for name, cols in per_example.items():
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = list(cols)
+        n = len(cols[keys[0]]) if keys else 0
+        with (directory / f"{name}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(keys)
+            for i in range(n):
+                w.writerow([_plain(cols[k][i]) for k in keys])
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def headline_rows(
+    metrics: Mapping[str, float], scopes: Sequence[str], wanted: Sequence[str], prefix: str = ""
+) -> list[dict[str, Any]]:
+    """One row per scope (model or pair) with the wanted metric names, found under any characteristic."""
+    rows = []
+    for scope in scopes:
+        row: dict[str, Any] = {"": scope}
+        for m in wanted:
+            for key, v in metrics.items():
+                if key.startswith(prefix) and key.endswith(f"/{scope}/{m}"):
+                    row[m] = v
+                    break
+        rows.append(row)
+    return rows
+
+
+def write_results(path: Path, metrics: Mapping[str, float], **context: Any) -> None:
+    """results.json: flat ``metrics`` plus context (resolved config, model identities, timings)."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    path.write_text(json.dumps({"metrics": clean, **context}, indent=2, default=str))
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    summary: Sequence[str],
+    headline: Mapping[str, list[dict[str, Any]]],
+    results: Mapping[str, CharacteristicResult],
+    figure_paths: Mapping[str, Path],
+) -> None:
+    """A Markdown report: headline tables, then each characteristic's notes, figures and tables."""
+    out = [f"# {title}", "", *summary, ""]
+    for name, rows in headline.items():
+        out += [f"## {name}", "", markdown_table(rows), ""]
+    for char_name, res in results.items():
+        out += [f"## {char_name}", ""]
+        out += [f"- {n}" for n in res.notes]
+        out.append("")
+        for fig_name in res.figures:
+            key = f"{char_name}_{fig_name}"
+            if key in figure_paths:
+                out += [f"![{fig_name}]({figure_paths[key].relative_to(path.parent)})", ""]
+        for table_name, rows in res.tables.items():
+            if len(rows) <= 40:
+                out += [f"### {table_name}", "", markdown_table(rows), ""]
+    path.write_text("\n".join(out))
+
+
+def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Rich tables of the headline numbers on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for title, rows in headline.items():
+        if not rows:
+            continue
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(c or "model", justify="left" if not c else "right")
+        for r in rows:
+            table.add_row(*[_fmt(r.get(c, "")) for c in cols])
+        console.print(table)
