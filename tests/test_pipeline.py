@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 import shutil
 from pathlib import Path
 
@@ -277,3 +278,54 @@ def test_cache_roundtrip_keeps_tensors(tmp_path):
         and torch.equal(back.logits, out.logits)
         and back.label_names == out.label_names
     )
+
+
+class _Recorder:
+    """A characteristic that needs the model and OOD outputs, and records what it was given."""
+
+    from trustequiv.characteristic import Characteristic as _Base
+
+    class Impl(_Base):
+        name = "recorder"
+        needs_model = True
+        needs_ood = True
+        seen: typing.ClassVar[list] = []
+
+        def collect(self, model, outputs, data, task):
+            assert list(data["id"]) == outputs.example_ids.tolist()  # aligned to the outputs' order
+            return {"n_texts": len(data), "first": data["text_a"][0], "task": task["name"]}
+
+        def compare(self, reference, candidate):
+            from trustequiv.outputs import CharacteristicResult
+
+            self.seen.append((reference.extras, candidate.extras))
+            return CharacteristicResult(metrics={"x/y": 1.0})
+
+
+def test_collect_and_ood_outputs_reach_characteristics(trained, tmp_path, monkeypatch):
+    _, cfg, _ = trained
+    char = _Recorder.Impl()
+    monkeypatch.setattr(pipeline, "build_characteristics", lambda cfg: [char])
+    overrides = [
+        *_overrides_of(cfg),
+        f"paths.cache_dir={tmp_path}/cache",
+        f"paths.output_dir={tmp_path}/run",
+        "ood=[validation]",
+    ]
+    result = pipeline.evaluate(compose("evaluate", overrides))
+    ref_extras, _ = char.seen[0]
+    assert ref_extras["recorder"]["task"] == "sst2" and ref_extras["recorder"]["n_texts"] == 64
+    assert set(ref_extras["ood"]) == {"sst2/validation"} and len(ref_extras["ood"]["sst2/validation"]) > 0
+    assert result["metrics"]["recorder/x/y"] == 1.0
+    # the second run takes collect's result from the cache
+    monkeypatch.setattr(
+        _Recorder.Impl, "collect", lambda *a: (_ for _ in ()).throw(AssertionError("recollected"))
+    )
+    pipeline.evaluate(compose("evaluate", overrides))
+
+
+def test_ood_set_with_other_labels_is_refused(trained, tmp_path):
+    _, cfg, _ = trained
+    bad = compose("evaluate", [*_overrides_of(cfg), f"paths.output_dir={tmp_path}/run", "ood=[mnli/test]"])
+    with pytest.raises(ValueError, match="must share the task's label names"):
+        pipeline.ood_sets(bad, dict(bad.task))

@@ -25,15 +25,31 @@ class Characteristic(ABC):
 
     The pipeline calls :meth:`evaluate` with every model's outputs; the default runs ``per_model`` on each
     model and ``compare`` on every (reference, candidate) pair, then :meth:`summarize` over all models.
+
+    A characteristic that sets :attr:`needs_ood` receives, in ``outputs.extras["ood"]``, a mapping
+    ``"<task>/<split>" -> ModelOutputs`` with the same model's outputs on each out-of-distribution set the
+    task names (``task.ood`` in its config, or ``ood=[...]`` on the command line), computed through the cache.
     """
 
     #: registry name; the key under ``characteristic:`` in the config and the metric prefix.
     name: str = "characteristic"
     #: whether :meth:`collect` needs the model (the pipeline then loads it and caches the result).
     needs_model: bool = False
+    #: whether the pipeline must attach out-of-distribution outputs (``outputs.extras["ood"]``).
+    needs_ood: bool = False
 
-    def collect(self, model: Any, outputs: ModelOutputs) -> Mapping[str, Any]:
-        """Per-model work that needs the model itself. Default: nothing."""
+    def collect(
+        self, model: Any, outputs: ModelOutputs, data: Any, task: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Per-model work that needs the model itself; the result must be JSON-serialisable (it is cached).
+
+        Args:
+            model: a :class:`trustequiv.models.LoadedModel` (eval-mode model, tokenizer, label permutation).
+            outputs: the model's cached outputs on this split.
+            data: the split as a ``datasets.Dataset`` with ``id``, ``text_a``, [``text_b``], ``label``, in the
+                same example order as ``outputs``.
+            task: the task config (``name``, ``label_names``, ``pair``, ``max_length`` ...).
+        """
         return {}
 
     def cache_config(self) -> Mapping[str, Any]:

@@ -200,7 +200,14 @@ def _limit(split, n: int | None):
 
 
 def _collect_extras(
-    char: Characteristic, spec_fp: str, outputs: ModelOutputs, cache: OutputCache, load, task: str, split: str
+    char: Characteristic,
+    spec_fp: str,
+    outputs: ModelOutputs,
+    cache: OutputCache,
+    load,
+    data,
+    task_cfg: Mapping[str, Any],
+    split: str,
 ) -> ModelOutputs:
     """Run ``char.collect`` once per model (cached), attach its result to ``outputs.extras``."""
     key = content_key(
@@ -208,15 +215,55 @@ def _collect_extras(
         characteristic=char.name,
         config=dict(char.cache_config()),
         checkpoint=spec_fp,
-        task=task,
+        task=task_cfg["name"],
         split=split,
         ids=content_key(ids=outputs.example_ids.tolist()),
     )
     extras = cache.load_extras(key)
     if extras is None:
-        extras = dict(char.collect(load(), outputs))
+        order = {int(i): k for k, i in enumerate(data["id"])}
+        aligned = data.select([order[int(i)] for i in outputs.example_ids.tolist()])
+        extras = dict(char.collect(load(), outputs, aligned, task_cfg))
         cache.save_extras(key, extras)
     return dataclasses.replace(outputs, extras={**outputs.extras, char.name: extras})
+
+
+def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Any]]:
+    """``"<task>/<split>" -> (task config, split data)`` for the out-of-distribution sets to score.
+
+    Each entry of ``cfg.ood`` (default: ``task.ood``) is ``"<task>/<split>"``; ``"<split>"`` alone means a
+    split of the evaluated task (e.g. MNLI's mismatched sample).
+
+    Raises:
+        ValueError: an unknown task or split, or an OOD task whose label names differ from the task's.
+    """
+    wanted = cfg.get("ood")
+    wanted = list(wanted if wanted is not None else task_cfg.get("ood") or [])
+    sets: dict[str, tuple[dict[str, Any], Any]] = {}
+    data_dir = cfg.paths.get("data_dir")
+    for entry in wanted:
+        name, _, split = entry.rpartition("/")
+        name = name or task_cfg["name"]
+        path = CONF_DIR / "task" / f"{name}.yaml"
+        if not path.exists():
+            raise ValueError(
+                f"unknown OOD task '{name}' in {entry!r}; available: {', '.join(available('task'))}"
+            )
+        other = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        if [*other["label_names"]] != [*task_cfg["label_names"]]:
+            raise ValueError(
+                f"OOD set {entry} has labels {other['label_names']} but {task_cfg['name']} has "
+                f"{task_cfg['label_names']}: an OOD set must share the task's label names"
+            )
+        other["max_length"] = task_cfg["max_length"]  # score it as the model sees its own task
+        loader = hydra.utils.instantiate(other["loader"])
+        dataset = loader.load(
+            str(Path(data_dir).expanduser()) if data_dir else None, label_names=other["label_names"]
+        )
+        if split not in dataset:
+            raise ValueError(f"OOD set {entry}: task {name} has no split '{split}' (has {list(dataset)})")
+        sets[f"{name}/{split}"] = (other, dataset[split])
+    return sets
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -239,6 +286,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if missing:
         raise ValueError(f"task {task_cfg['name']} has no split(s) {missing}; it has {list(dataset)}")
 
+    ood = ood_sets(cfg, task_cfg) if any(c.needs_ood for c in characteristics) else {}
     specs = [reference, *candidates]
     identities: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
@@ -269,6 +317,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 )
             return loaded_box[0]
 
+        ood_outputs: dict[str, ModelOutputs] = {}
+        for ood_name, (ood_task, ood_data) in ood.items():
+            ood_outputs[ood_name], was_cached = predict_outputs(
+                spec.name,
+                fp,
+                load,
+                _limit(ood_data, cfg.get("limit_examples")),
+                task_cfg=ood_task,
+                split=ood_name.rpartition("/")[2],
+                cache=cache,
+                trainer_cfg=_plain(cfg.trainer),
+                predict_cfg=predict_cfg,
+                declared_label_names=spec.label_names,
+            )
+            cached[f"{spec.name}/{ood_name}"] = was_cached
         for split in splits:
             data = _limit(dataset[split], cfg.get("limit_examples"))
             out, was_cached = predict_outputs(
@@ -284,9 +347,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 declared_label_names=spec.label_names,
             )
             cached[f"{spec.name}/{split}"] = was_cached
+            if ood_outputs:
+                out = dataclasses.replace(out, extras={**out.extras, "ood": ood_outputs})
             for char in characteristics:
                 if char.needs_model:
-                    out = _collect_extras(char, fp, out, cache, load, task_cfg["name"], split)
+                    out = _collect_extras(char, fp, out, cache, load, data, task_cfg, split)
             outputs[split][spec.name] = out
         loaded_box.clear()  # free the model before the next one
 
