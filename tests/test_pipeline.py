@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import typing
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
