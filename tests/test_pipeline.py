@@ -329,3 +329,21 @@ def test_ood_set_with_other_labels_is_refused(trained, tmp_path):
     bad = compose("evaluate", [*_overrides_of(cfg), f"paths.output_dir={tmp_path}/run", "ood=[mnli/test]"])
     with pytest.raises(ValueError, match="must share the task's label names"):
         pipeline.ood_sets(bad, dict(bad.task))
+
+
+def test_killed_training_leaves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp_path, monkeypatch):
+    """A fine-tuning run that dies after saving a best checkpoint must not look finished to evaluate.py."""
+    from trustequiv import training
+
+    real = training.BestHFCheckpoint.on_validation_end
+
+    def dying(self, trainer, module):
+        real(self, trainer, module)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(training.BestHFCheckpoint, "on_validation_end", dying)
+    cfg = compose("evaluate", tiny_overrides(tmp_path, tiny_bert, synthetic_data_dir, "train_missing=true"))
+    with pytest.raises(RuntimeError, match="killed"):
+        pipeline.evaluate(cfg)
+    assert not (tmp_path / "models" / "sst2" / "tiny_ref").exists()
+    assert (tmp_path / "models" / "sst2" / "tiny_ref.training" / "config.json").exists()

@@ -37,6 +37,9 @@ class Characteristic(ABC):
     needs_model: bool = False
     #: whether the pipeline must attach out-of-distribution outputs (``outputs.extras["ood"]``).
     needs_ood: bool = False
+    #: whether the pipeline calls :meth:`replay` on every model after all models' :meth:`collect` (cross-model
+    #: work that needs this model and the others' extras, e.g. replaying adversarial texts found on another).
+    needs_replay: bool = False
 
     def collect(
         self, model: Any, outputs: ModelOutputs, data: Any, task: Mapping[str, Any]
@@ -49,6 +52,22 @@ class Characteristic(ABC):
             data: the split as a ``datasets.Dataset`` with ``id``, ``text_a``, [``text_b``], ``label``, in the
                 same example order as ``outputs``.
             task: the task config (``name``, ``label_names``, ``pair``, ``max_length`` ...).
+        """
+        return {}
+
+    def replay(
+        self,
+        model: Any,
+        outputs: ModelOutputs,
+        others: Mapping[str, ModelOutputs],
+        data: Any,
+        task: Mapping[str, Any],
+    ) -> Mapping[str, Any]:
+        """Second per-model pass (only if :attr:`needs_replay`), after every model's :meth:`collect`.
+
+        ``others`` maps each other model's name to its outputs with their ``collect`` extras (no replay
+        results). The JSON-serialisable return is cached (key: this model, the config, the others' extras) and
+        attached as ``outputs.extras[self.name]["replay"]``; arguments otherwise as in :meth:`collect`.
         """
         return {}
 

@@ -200,6 +200,12 @@ def _limit(split, n: int | None):
     return split.select(sorted(keep))
 
 
+def _aligned(data, outputs: ModelOutputs):
+    """The rows of ``data`` in the example order of ``outputs``."""
+    order = {int(i): k for k, i in enumerate(data["id"])}
+    return data.select([order[int(i)] for i in outputs.example_ids.tolist()])
+
+
 def _collect_extras(
     char: Characteristic,
     spec_fp: str,
@@ -222,11 +228,55 @@ def _collect_extras(
     )
     extras = cache.load_extras(key)
     if extras is None:
-        order = {int(i): k for k, i in enumerate(data["id"])}
-        aligned = data.select([order[int(i)] for i in outputs.example_ids.tolist()])
-        extras = dict(char.collect(load(), outputs, aligned, task_cfg))
+        extras = dict(char.collect(load(), outputs, _aligned(data, outputs), task_cfg))
         cache.save_extras(key, extras)
     return dataclasses.replace(outputs, extras={**outputs.extras, char.name: extras})
+
+
+def _replay_extras(
+    char: Characteristic,
+    fps: Mapping[str, str],
+    loads: Mapping[str, Any],
+    outputs: dict[str, ModelOutputs],
+    cache: OutputCache,
+    data,
+    task_cfg: Mapping[str, Any],
+    split: str,
+    boxes: Mapping[str, list] | None = None,
+) -> None:
+    """Run ``char.replay`` once per model (cached) after all collects; attach the result to
+    ``extras[char.name]["replay"]``.
+
+    ``loads[name]()`` returns the loaded model; ``boxes[name]`` (emptied after use) holds it.
+
+    Each model sees the other models' collect extras as they were before any replay, so the result does not
+    depend on the order of the models; the cache key holds those extras' content.
+    """
+    before = dict(outputs)
+    results: dict[str, Any] = {}
+    for name, out in before.items():
+        others = {n: o for n, o in before.items() if n != name}
+        key = content_key(
+            kind="replay",
+            characteristic=char.name,
+            config=dict(char.cache_config()),
+            checkpoint=fps[name],
+            task=task_cfg["name"],
+            split=split,
+            ids=content_key(ids=out.example_ids.tolist()),
+            others={n: content_key(extras=o.extras.get(char.name)) for n, o in others.items()},
+        )
+        replayed = cache.load_extras(key)
+        if replayed is None:
+            replayed = dict(char.replay(loads[name](), out, others, _aligned(data, out), task_cfg))
+            cache.save_extras(key, replayed)
+            if boxes is not None:
+                boxes[name].clear()  # free the model before the next one
+        results[name] = replayed
+    for name, replayed in results.items():
+        out = before[name]
+        merged = {**(out.extras.get(char.name) or {}), "replay": replayed}
+        outputs[name] = dataclasses.replace(out, extras={**out.extras, char.name: merged})
 
 
 def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Any]]:
@@ -293,6 +343,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
     cached: dict[str, bool] = {}
     predict_cfg = _plain(cfg.predict)
+    fps: dict[str, str] = {}
+    loads: dict[str, Any] = {}
+    boxes: dict[str, list] = {}
     for spec in specs:
         checkpoint = ensure_checkpoint(spec, cfg, dataset, allow_train=bool(cfg.get("train_missing", False)))
         directory = local_dir(checkpoint, spec.revision)
@@ -318,6 +371,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 )
             return loaded_box[0]
 
+        fps[spec.name], loads[spec.name], boxes[spec.name] = fp, load, loaded_box
         ood_outputs: dict[str, ModelOutputs] = {}
         for ood_name, (ood_task, ood_data) in ood.items():
             ood_outputs[ood_name], was_cached = predict_outputs(
@@ -355,6 +409,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     out = _collect_extras(char, fp, out, cache, load, data, task_cfg, split)
             outputs[split][spec.name] = out
         loaded_box.clear()  # free the model before the next one
+    for char in characteristics:  # cross-model second pass (e.g. adversarial transfer)
+        if char.needs_model and char.needs_replay:
+            for split in splits:
+                data = _limit(dataset[split], cfg.get("limit_examples"))
+                _replay_extras(char, fps, loads, outputs[split], cache, data, task_cfg, split, boxes)
 
     metrics: dict[str, float] = {}
     results: dict[str, CharacteristicResult] = {}
@@ -397,6 +456,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         models=identities,
         cached=cached,
         seconds=seconds,
+        notes={label: res.notes for label, res in results.items() if res.notes},
         config=config,
     )
     n = {s: len(next(iter(outputs[s].values()))) for s in splits}

@@ -59,7 +59,12 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _fmt(v: Any) -> str:
+_COUNTS = ("n_", "correct_to_wrong", "wrong_to_correct")
+
+
+def _fmt(v: Any, column: str = "") -> str:
+    if isinstance(v, float) and column.startswith(_COUNTS) and v.is_integer():
+        return str(int(v))
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4f}"
     return str(v)
@@ -70,7 +75,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -125,10 +130,13 @@ def write_report(
 
 def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
     """Rich tables of the headline numbers on the terminal."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Off a terminal rich assumes 80 columns and would cut metric names.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     for title, rows in headline.items():
         if not rows:
             continue
@@ -137,5 +145,5 @@ def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
         for c in cols:
             table.add_column(c or "model", justify="left" if not c else "right")
         for r in rows:
-            table.add_row(*[_fmt(r.get(c, "")) for c in cols])
+            table.add_row(*[_fmt(r.get(c, ""), c) for c in cols])
         console.print(table)

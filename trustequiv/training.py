@@ -173,7 +173,11 @@ def fine_tune(
     )
     # from_pretrained returns eval mode and Lightning keeps submodule modes: without this, no dropout.
     model.train()
-    best = BestHFCheckpoint(out_dir, tokenizer)
+    # Best checkpoints go to a staging dir moved into place only when fit completes: a killed run never
+    # leaves a half-trained model where evaluate.py would take it for a finished one.
+    staging = out_dir.with_name(f"{out_dir.name}.training")
+    shutil.rmtree(staging, ignore_errors=True)
+    best = BestHFCheckpoint(staging, tokenizer)
     trainer = make_trainer(trainer_cfg, callbacks=[best], enable_checkpointing=False, logger=logger)
     log.info(
         "fine-tuning %s on %s: %d train / %d validation examples",
@@ -185,7 +189,9 @@ def fine_tune(
     trainer.fit(module, datamodule=dm)
     if trainer.is_global_zero:
         if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
-            save_hf(module.model, tokenizer, out_dir)
+            save_hf(module.model, tokenizer, staging)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
         metadata.update(
             best_val_acc=best.best,
             best_epoch=best.best_epoch,

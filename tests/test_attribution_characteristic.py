@@ -1,0 +1,178 @@
+"""The attribution characteristics: collect on a tiny model, compare, self-comparison, explained class."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from matplotlib.figure import Figure
+from test_attribution_perturb import HYPOTHESIS, PREMISE, tiny_classifier
+
+from plugins.characteristics.attribution import (
+    IgAttribution,
+    LimeAttribution,
+    ShapAttribution,
+    select_examples,
+)
+from trustequiv.functional.attribution import ALIGNMENT_METRICS
+from trustequiv.models import LoadedModel
+from trustequiv.outputs import ModelOutputs
+
+TASK = {"name": "toy_pair", "label_names": ["negative", "positive"], "pair": True, "max_length": 32}
+FAST = {"n_bootstrap": 50, "n_figure_examples": 2}
+
+
+def loaded(tiny_bert, seed):
+    model, tok = tiny_classifier(tiny_bert, seed)
+    return LoadedModel(model, tok, [0, 1], tiny_bert, f"fp{seed}", {})
+
+
+def data():
+    n = len(PREMISE)
+    return Dataset.from_dict(
+        {"id": [10, 11, 12][:n], "text_a": PREMISE, "text_b": HYPOTHESIS, "label": [1, 0, 1][:n]}
+    )
+
+
+def outputs(name, model, extras):
+    ds = data()
+    pred = extras["_pred"]
+    return ModelOutputs(
+        name=name,
+        example_ids=torch.tensor(ds["id"]),
+        logits=torch.log(torch.tensor(pred)),
+        labels=torch.tensor(ds["label"]),
+        label_names=tuple(TASK["label_names"]),
+    )
+
+
+def collect_for(char, tiny_bert, seed, name):
+    m = loaded(tiny_bert, seed)
+    ds = data()
+    from plugins.characteristics.attribution.perturb import BatchedPredictor
+
+    probs = BatchedPredictor(m.model, m.tokenizer, max_length=32)(list(zip(PREMISE, HYPOTHESIS, strict=True)))
+    out = outputs(name, m, {"_pred": probs.astype(np.float32)})
+    ex = char.collect(m, out, ds, TASK)
+    return dataclasses.replace(out, extras={char.name: ex})
+
+
+@pytest.mark.parametrize(
+    "char",
+    [
+        LimeAttribution(num_samples=40, seeds=[42, 43], **FAST),
+        ShapAttribution(seeds=[42], **FAST),
+        IgAttribution(n_steps=8, **FAST),
+    ],
+    ids=["lime", "shap", "ig"],
+)
+def test_collect_and_compare(tiny_bert, char):
+    ref = collect_for(char, tiny_bert, 0, "ref")
+    cand = collect_for(char, tiny_bert, 1, "cand")
+    ex = ref.extras[char.name]
+    assert len(ex["examples"]) == 3 and ex["error"] is None
+    assert set(ex["runs"]) == ({"0"} if char.deterministic else {str(s) for s in char.seeds})
+    first = next(iter(ex["runs"].values()))[0]
+    assert np.asarray(first).shape == (2, len(ex["examples"][0]["words"]))  # every class stored
+
+    same = char.compare(ref, dataclasses.replace(ref, name="ref_copy"))
+    for m in ALIGNMENT_METRICS:
+        assert same.metrics[f"ref_vs_ref_copy/{m}"] == pytest.approx(1.0), m
+
+    res = char.compare(ref, cand)
+    for m in ALIGNMENT_METRICS:
+        v = res.metrics[f"ref_vs_cand/{m}"]
+        assert -1.0 <= v <= 1.0
+        assert res.metrics[f"ref_vs_cand/{m}_ci_low"] <= res.metrics[f"ref_vs_cand/{m}_ci_high"]
+        assert f"ref_vs_cand/{m}_var" in res.metrics
+    table = res.per_example[f"{char.name}_ref_vs_cand"]
+    assert len(table["example_id"]) == 3 and "reference_confidence" in table and "jaccard" in table
+    assert isinstance(res.figures["jaccard_hist_ref_vs_cand"], Figure)
+    assert isinstance(res.figures["heatmaps_ref_vs_cand"], Figure)
+    assert "<span" in res.tables["heatmaps_ref_vs_cand"][0]["html"]
+    assert char.per_model(ref).metrics["ref/seconds"] >= 0
+
+
+def test_explained_class_modes(tiny_bert):
+    base = LimeAttribution(num_samples=30, seeds=[42], **FAST)
+    ref = collect_for(base, tiny_bert, 0, "ref")
+    cand = collect_for(base, tiny_bert, 1, "cand")
+    classes = {}
+    for mode in ("gold", "prediction", "reference_prediction"):
+        char = LimeAttribution(num_samples=30, seeds=[42], explained_class=mode, **FAST)
+        assert char.cache_config() == base.cache_config()  # the mode does not change what is collected
+        t = char.compare(ref, cand).per_example["attribution_lime_ref_vs_cand"]
+        classes[mode] = (list(t["reference_class"]), list(t["candidate_class"]))
+    gold = list(ref.labels.numpy())
+    assert classes["gold"] == (gold, gold)
+    assert classes["prediction"] == (list(ref.predictions.numpy()), list(cand.predictions.numpy()))
+    assert classes["reference_prediction"] == (list(ref.predictions.numpy()),) * 2
+
+
+def test_selection_and_config_errors():
+    ids = list(range(100))
+    assert select_examples(ids, 10) == select_examples(list(ids), 10)
+    assert set(select_examples(ids, 10)) <= set(select_examples(ids, 20))  # a prefix of one fixed order
+    with pytest.raises(ValueError):
+        LimeAttribution(explained_class="mine")
+    with pytest.raises(ValueError):
+        ShapAttribution(rank_by="square")
+
+
+def test_compare_without_collect_fails():
+    out = ModelOutputs("a", torch.tensor([1]), torch.zeros(1, 2), torch.tensor([0]), ("x", "y"))
+    with pytest.raises(ValueError, match="collect"):
+        LimeAttribution().compare(out, dataclasses.replace(out, name="b"))
+
+
+@pytest.mark.slow  # trains two tiny models (about 15 s idle, more under load)
+def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data_dir, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from conftest import compose, tiny_overrides
+
+    from plugins.characteristics import attribution
+    from trustequiv import pipeline
+
+    cfg = compose(
+        "evaluate",
+        tiny_overrides(
+            tmp_path,
+            tiny_bert,
+            synthetic_data_dir,
+            "train_missing=true",
+            "compressor=layer_drop",
+            "trainer.max_epochs=1",
+            "characteristic=[attribution_lime,attribution_ig]",
+            "characteristic.attribution_lime.n_examples=4",
+            "characteristic.attribution_lime.num_samples=20",
+            "characteristic.attribution_lime.seeds=[42,43]",
+            "characteristic.attribution_lime.n_bootstrap=20",
+            "characteristic.attribution_ig.n_examples=4",
+            "characteristic.attribution_ig.n_steps=4",
+        ),
+    )
+    first = pipeline.evaluate(cfg)
+    pair = "tiny_ref_vs_tiny_cand+layer_drop"
+    for name in ("attribution_lime", "attribution_ig"):
+        assert 0.0 <= first["metrics"][f"{name}/{pair}/jaccard"] <= 1.0
+        assert first["metrics"][f"{name}/{pair}/n_examples"] == 4
+    run = Path(first["output_dir"])
+    assert (run / "per_example" / "test" / f"attribution_lime_{pair}.csv").exists()
+    assert (run / "figures" / "test" / f"attribution_lime_heatmaps_{pair}.png").stat().st_size > 1000
+    assert "attribution_lime" in json.loads((run / "results.json").read_text())["config"]["characteristic"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("attributions were computed again although cached")
+
+    monkeypatch.setattr(attribution.explainers, "lime_attributions", boom)
+    monkeypatch.setattr(attribution.explainers, "ig_attributions", boom)
+    again = pipeline.evaluate(cfg)
+    assert (
+        again["metrics"][f"attribution_lime/{pair}/jaccard"]
+        == first["metrics"][f"attribution_lime/{pair}/jaccard"]
+    )
