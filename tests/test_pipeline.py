@@ -347,3 +347,24 @@ def test_killed_training_leaves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp
         pipeline.evaluate(cfg)
     assert not (tmp_path / "models" / "sst2" / "tiny_ref").exists()
     assert (tmp_path / "models" / "sst2" / "tiny_ref.training" / "config.json").exists()
+
+
+def test_pair_findings_need_a_ci_excluding_zero_and_a_real_size():
+    from trustequiv.reporting import pair_findings
+
+    m = {
+        "calibration/a_vs_b/ece_uniform_diff": 0.03,
+        "calibration/a_vs_b/ece_uniform_diff_ci_low": 0.01,
+        "calibration/a_vs_b/ece_uniform_diff_ci_high": 0.05,
+        "calibration/a_vs_b/brier_diff": 0.0001,  # certain but negligible
+        "calibration/a_vs_b/brier_diff_ci_low": 0.00005,
+        "calibration/a_vs_b/brier_diff_ci_high": 0.0002,
+        "calibration/a_vs_b/nll_diff": 0.2,  # large but uncertain
+        "calibration/a_vs_b/nll_diff_ci_low": -0.1,
+        "calibration/a_vs_b/nll_diff_ci_high": 0.5,
+        "errors/a_vs_b/error_jaccard": 0.4,
+        "errors/a_vs_b/flip_rate": 0.1,
+    }
+    lines = pair_findings(m, "a_vs_b")
+    assert len(lines) == 2 and lines[0].startswith("ece_uniform (calibration) differs: +0.0300")
+    assert "err on different examples" in lines[1]

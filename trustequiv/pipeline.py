@@ -27,6 +27,7 @@ from trustequiv.outputs import CharacteristicResult, ModelOutputs
 from trustequiv.prediction import predict_outputs
 from trustequiv.reporting import (
     headline_rows,
+    pair_findings,
     print_headline,
     save_figures,
     write_per_example,
@@ -131,28 +132,31 @@ def ensure_checkpoint(spec: ModelSpec, cfg: DictConfig, dataset, *, allow_train:
             f"`python train.py model={base}{comp} task={cfg.task.name}`, point model.checkpoint at one, "
             "or add train_missing=true"
         )
+    log.info("training missing checkpoint %s on %s", spec.name, cfg.task.name)
+    return str(build_checkpoint(spec, cfg, dataset, logger=logger))
+
+
+def build_checkpoint(spec: ModelSpec, cfg: DictConfig, dataset, *, logger=None) -> Path:
+    """Fine-tune (and compress) ``spec`` into its default dir; a compressed model's base is made first if
+    missing."""
     base_checkpoint = None
     if spec.base is not None:
         base_checkpoint = ensure_checkpoint(spec.base, cfg, dataset, allow_train=True, logger=logger)
-    log.info("training missing checkpoint %s on %s", spec.name, cfg.task.name)
-    return str(
-        fine_tune(
-            spec,
-            dataset,
-            task_cfg=_plain(cfg.task),
-            trainer_cfg=_plain(cfg.trainer),
-            out_dir=out_dir,
-            seed=int(cfg.seed),
-            base_checkpoint=base_checkpoint,
-            logger=logger if logger is not None else False,
-        )
+    return fine_tune(
+        spec,
+        dataset,
+        task_cfg=_plain(cfg.task),
+        trainer_cfg=_plain(cfg.trainer),
+        out_dir=spec.default_dir(cfg.paths.models_dir, cfg.task.name),
+        seed=int(cfg.seed),
+        base_checkpoint=base_checkpoint,
+        logger=logger if logger is not None else False,
     )
 
 
 # ---------------------------------------------------------------- train
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` (compressed by ``cfg.compressor`` if set) on ``cfg.task``; return its metadata.
-
 
     Raises:
         FileExistsError: the checkpoint exists and ``overwrite`` is false.
@@ -171,19 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         job_type="train",
         config=to_container(cfg),
     )
-    base_checkpoint = None
-    if spec.base is not None:
-        base_checkpoint = ensure_checkpoint(spec.base, cfg, dataset, allow_train=True, logger=logger)
-    path = fine_tune(
-        spec,
-        dataset,
-        task_cfg=_plain(cfg.task),
-        trainer_cfg=_plain(cfg.trainer),
-        out_dir=out_dir,
-        seed=int(cfg.seed),
-        base_checkpoint=base_checkpoint,
-        logger=logger if logger is not None else False,
-    )
+    path = build_checkpoint(spec, cfg, dataset, logger=logger)
     if logger is not None:
         logger.experiment.finish()
     meta = read_metadata(path)
@@ -471,6 +463,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         headline=headline,
         results=results,
         figure_paths=figure_paths,
+        findings={p: pair_findings(metrics, p, float(cfg.get("min_effect", 0.005))) for p in pair_names},
     )
     wb = make_wandb_logger(
         cfg.get("logger"),

@@ -95,6 +95,34 @@ def headline_rows(
     return rows
 
 
+def pair_findings(metrics: Mapping[str, float], pair: str, min_effect: float = 0.005) -> list[str]:
+    """Plain-language findings for one reference-vs-candidate pair, generic over characteristics.
+
+    Every ``<char>/<pair>/<metric>_diff`` whose ``_ci_low``/``_ci_high`` interval excludes 0 and whose size is
+    at least ``min_effect`` (absolute units of the metric: a tiny but certain change is not a finding) is
+    listed; error overlap and flips are quoted when the ``errors`` characteristic ran.
+    """
+    out = []
+    for key, value in metrics.items():
+        char, _, rest = key.partition(f"/{pair}/")
+        if not rest.endswith("_diff") or not _:
+            continue
+        lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        if lo is None or hi is None or any(math.isnan(x) for x in (lo, hi, value)):
+            continue
+        if (lo > 0 or hi < 0) and abs(value) >= min_effect:
+            out.append(f"{rest[:-5]} ({char}) differs: {value:+.4f} (95% CI {lo:+.4f} to {hi:+.4f})")
+    jac = next((v for k, v in metrics.items() if k.endswith(f"/{pair}/error_jaccard")), None)
+    flip = next((v for k, v in metrics.items() if k.endswith(f"/{pair}/flip_rate")), None)
+    if jac is not None and flip is not None:
+        out.append(
+            f"error-set Jaccard {jac:.3f}, flip rate {flip:.3f}: the models err on different examples"
+            if jac < 0.5
+            else f"error-set Jaccard {jac:.3f}, flip rate {flip:.3f}"
+        )
+    return out
+
+
 def write_results(path: Path, metrics: Mapping[str, float], **context: Any) -> None:
     """results.json: flat ``metrics`` plus context (resolved config, model identities, timings)."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -109,9 +137,22 @@ def write_report(
     headline: Mapping[str, list[dict[str, Any]]],
     results: Mapping[str, CharacteristicResult],
     figure_paths: Mapping[str, Path],
+    findings: Mapping[str, list[str]] | None = None,
 ) -> None:
     """A Markdown report: headline tables, then each characteristic's notes, figures and tables."""
     out = [f"# {title}", "", *summary, ""]
+    if findings:
+        out += ["## Findings", ""]
+        for pair, lines in findings.items():
+            out.append(
+                f"- **{pair}**: "
+                + (
+                    "; ".join(lines)
+                    if lines
+                    else "no difference both >= min_effect and with a 95% CI excluding 0"
+                )
+            )
+        out.append("")
     for name, rows in headline.items():
         out += [f"## {name}", "", markdown_table(rows), ""]
     for char_name, res in results.items():

@@ -1,0 +1,407 @@
+"""Similarity of two models' representations of the same examples: mutual kNN overlap and linear CKA.
+
+- Mutual kNN (Huh et al. 2024, "The Platonic Representation Hypothesis", ``platonic-rep`` metrics.py
+  ``mutual_knn``): L2-normalise each model's features, find every example's ``k`` nearest neighbours by inner
+  product (cosine) with the example itself excluded, and score ``mean_i |N_A(i) ∩ N_B(i)| / k``. Paper B
+  (Rai, Pal, Awekar, arXiv 2407.13174) compares neighbour sets over several ``k``.
+- Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited"; the
+  ``feature_space_linear_cka`` of google-research/representation_similarity): the biased HSIC estimator and,
+  for small N, the unbiased one (Song et al. 2012), both computed in feature space in O(N D^2) without an
+  N x N Gram matrix.
+- Permutation null: shuffle the rows of one side so that example i of A meets a random example of B; the
+  score distribution under shuffling is what "no shared structure" looks like at this N, D and k. Expected
+  mutual kNN under the null is about ``k / (N - 1)``.
+
+The kNN search is blocked over rows and columns (running top-k merge, each symmetric block once), so its
+memory is ``O(block_size^2 + N * k)`` whatever N; features may be numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: default K list for the kNN curve (paper B varies K).
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+
+
+# --------------------------------------------------------------------------------------------------------
+# input validation
+
+
+def _as_features(x: Any, name: str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(N, D)`` finite float tensor on CPU."""
+    t = x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be (N, D), got shape {tuple(t.shape)}")
+    if t.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows, got {t.shape[0]}")
+    if t.shape[1] < 1:
+        raise ValueError(f"{name} has no feature column")
+    t = t.to(dtype)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def _pair(a: Any, b: Any, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    x, y = _as_features(a, "features_a", dtype), _as_features(b, "features_b", dtype)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"features_a and features_b must have the same rows, got {x.shape[0]}, {y.shape[0]}")
+    return x, y
+
+
+def _check_k(ks: int | Sequence[int], n: int) -> list[int]:
+    ks = [ks] if isinstance(ks, int | np.integer) else list(ks)
+    if not ks:
+        raise ValueError("ks is empty")
+    for k in ks:
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if k > n - 1:
+            raise ValueError(f"k={k} needs more than {k} other examples; only N - 1 = {n - 1} exist")
+    return [int(k) for k in ks]
+
+
+# --------------------------------------------------------------------------------------------------------
+# kNN
+
+
+def _merge_top(vals: Tensor, idxs: Tensor, sim: Tensor, col0: int, k: int) -> tuple[Tensor, Tensor]:
+    """Merge a ``(R, C)`` similarity block whose columns start at ``col0`` into running ``(R, k)`` tops."""
+    top = torch.topk(sim, min(k, sim.shape[1]), dim=1, largest=True, sorted=False)
+    cand_v = torch.cat([vals, top.values], dim=1)  # (R, <= 2k)
+    cand_i = torch.cat([idxs, top.indices + col0], dim=1)
+    best = torch.topk(cand_v, k, dim=1, largest=True, sorted=True)
+    return best.values, torch.gather(cand_i, 1, best.indices)
+
+
+def knn_indices(features: Any, k: int, *, block_size: int = 4096, exclude_self: bool = True) -> Tensor:
+    """Indices of every row's ``k`` nearest neighbours by cosine similarity, most similar first.
+
+    Rows are L2-normalised (zero rows stay zero) and compared by inner product in ``block_size`` square
+    blocks. The similarity matrix is symmetric, so each block pair (i <= j) is computed once and merged into
+    the running top-k of both row blocks (half the multiply-adds of a full scan). Peak extra memory is about
+    ``8 * block_size^2`` bytes (a block and its transpose) plus the running ``(N, k)`` values and indices
+    (12 N k bytes), whatever N. Ties are broken by ``torch.topk`` (unspecified order).
+
+    Args:
+        features: ``(N, D)`` float embeddings.
+        k: neighbours per row, ``1 <= k <= N - 1`` (``<= N`` if ``exclude_self`` is false).
+        block_size: rows and columns per block (>= 1).
+        exclude_self: drop the example itself (Huh et al.: its similarity is set to -inf before top-k).
+
+    Returns:
+        ``(N, k)`` int64 tensor of row indices, by descending similarity.
+
+    Raises:
+        ValueError: bad shape, NaN/inf, ``k`` out of range, bad block size.
+    """
+    x = _as_features(features, "features")
+    n = x.shape[0]
+    if exclude_self:
+        _check_k(k, n)
+    elif isinstance(k, bool) or int(k) != k or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+    if isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
+        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+    k, block_size = int(k), int(block_size)
+    x = torch.nn.functional.normalize(x, dim=1)
+    vals = torch.full((n, k), -torch.inf)
+    idxs = torch.zeros((n, k), dtype=torch.long)
+    starts = list(range(0, n, block_size))
+    with torch.inference_mode():
+        for bi, r0 in enumerate(starts):
+            r1 = min(r0 + block_size, n)
+            for c0 in starts[bi:]:
+                c1 = min(c0 + block_size, n)
+                sim = x[r0:r1] @ x[c0:c1].T  # (R, C)
+                if c0 == r0 and exclude_self:
+                    sim.fill_diagonal_(-torch.inf)
+                vals[r0:r1], idxs[r0:r1] = _merge_top(vals[r0:r1], idxs[r0:r1], sim, c0, k)
+                if c0 != r0:
+                    sim_t = sim.T.contiguous()
+                    vals[c0:c1], idxs[c0:c1] = _merge_top(vals[c0:c1], idxs[c0:c1], sim_t, r0, k)
+    return idxs
+
+
+def _as_index(idx: Any, name: str) -> np.ndarray:
+    a = idx.detach().cpu().numpy() if isinstance(idx, Tensor) else np.asarray(idx)
+    if a.ndim != 2 or a.shape[1] < 1 or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a non-empty (N, K) integer array, got shape {a.shape}, {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def neighbour_ranks(idx_a: Any, idx_b: Any) -> np.ndarray:
+    """For each entry of A's neighbour lists, its rank (column) in B's list of the same row, or ``K_b`` if
+    absent.
+
+    One row-wise sort for all rows: each row of ``[2 b, 2 a + 1]`` is argsorted, so an entry of A lands right
+    after the equal entry of B when there is one; O(N K log K) time, O(N K) memory.
+
+    Args:
+        idx_a: ``(N, K_a)``, idx_b: ``(N, K_b)`` non-negative integer neighbour indices (no repeats within a
+            row).
+
+    Returns:
+        ``(N, K_a)`` int64 ranks in ``[0, K_b]``. ``|N_A^k(i) ∩ N_B^k(i)| = sum_j<k [ranks[i, j] < k]`` for
+        lists sorted by similarity.
+
+    Raises:
+        ValueError: not 2-D integer arrays, negative entries, or different row counts.
+    """
+    a, b = _as_index(idx_a, "idx_a"), _as_index(idx_b, "idx_b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"idx_a and idx_b must have the same rows, got {a.shape[0]} and {b.shape[0]}")
+    if a.min() < 0 or b.min() < 0:
+        raise ValueError("neighbour indices must be >= 0")
+    kb = b.shape[1]
+    key = np.concatenate([b * 2, a * 2 + 1], axis=1)
+    order = np.argsort(key, axis=1)
+    sk = np.take_along_axis(key, order, axis=1)
+    match = (sk[:, 1:] & 1).astype(bool) & (sk[:, 1:] - 1 == sk[:, :-1])  # an A entry right after its B twin
+    rows, cols = np.nonzero(match)
+    cols = cols + 1
+    ranks = np.full(a.shape, kb, dtype=np.int64)
+    ranks[rows, order[rows, cols] - kb] = order[rows, cols - 1]
+    return ranks
+
+
+def neighbour_overlap(idx_a: Any, idx_b: Any) -> np.ndarray:
+    """Per-row size of ``set(idx_a[i]) ∩ set(idx_b[i])`` for two ``(N, k)`` neighbour-index arrays.
+
+    Returns:
+        ``(N,)`` int64 counts in ``[0, k]``.
+
+    Raises:
+        ValueError: as :func:`neighbour_ranks`.
+    """
+    ranks = neighbour_ranks(idx_a, idx_b)
+    return np.sum(ranks < np.asarray(idx_b).shape[1], axis=1)
+
+
+def mutual_knn_from_indices(idx_a: Any, idx_b: Any, ks: int | Sequence[int]) -> dict[int, float]:
+    """Mutual kNN overlap for each ``k`` from neighbour lists sorted by similarity (``k`` = their prefix).
+
+    Args:
+        idx_a, idx_b: ``(N, K)`` neighbour indices from :func:`knn_indices`, ``K >= max(ks)``.
+        ks: neighbourhood sizes.
+
+    Returns:
+        ``{k: mean_i |N_A(i) ∩ N_B(i)| / k}`` with values in [0, 1].
+
+    Raises:
+        ValueError: shapes differ, a ``k`` larger than the lists.
+    """
+    if tuple(idx_a.shape) != tuple(idx_b.shape) or len(idx_a.shape) != 2:
+        raise ValueError(f"neighbour indices must be two (N, K) arrays, got {idx_a.shape}, {idx_b.shape}")
+    ks = [ks] if isinstance(ks, int | np.integer) else list(ks)
+    if not ks or min(ks) < 1 or max(ks) > idx_a.shape[1]:
+        raise ValueError(f"every k must be in [1, {idx_a.shape[1]}], got {ks}")
+    kmax = max(ks)
+    ranks = neighbour_ranks(idx_a[:, :kmax], idx_b[:, :kmax])
+    return {int(k): float(np.mean(np.sum(ranks[:, :k] < k, axis=1))) / int(k) for k in ks}
+
+
+def mutual_knn(
+    features_a: Any, features_b: Any, ks: int | Sequence[int] = DEFAULT_KS, **block: int
+) -> dict[int, float]:
+    """Mutual kNN overlap (Huh et al. 2024) of two models' ``(N, D_a)`` and ``(N, D_b)`` embeddings of the
+    same N examples, row i = example i in both.
+
+    Args:
+        features_a, features_b: embeddings (numpy or torch); D may differ.
+        ks: one ``k`` or a list; each ``1 <= k <= N - 1``.
+        **block: ``block_size`` for :func:`knn_indices`.
+
+    Returns:
+        ``{k: overlap}``, overlap in [0, 1]; 1 = identical neighbour sets (e.g. B a rotated or rescaled A).
+
+    Raises:
+        ValueError: row counts differ, bad shapes, NaN/inf, bad ``k``.
+    """
+    x, y = _pair(features_a, features_b)
+    ks = _check_k(ks, x.shape[0])
+    kmax = max(ks)
+    return mutual_knn_from_indices(knn_indices(x, kmax, **block), knn_indices(y, kmax, **block), ks)
+
+
+def permute_neighbours(idx: Tensor, perm: Tensor) -> Tensor:
+    """Neighbour lists of the row-shuffled features ``features[perm]`` without a new search.
+
+    Row i of ``features[perm]`` is example ``perm[i]``; its neighbours, as row numbers of the shuffled
+    matrix, are ``inv_perm[idx[perm[i]]]``.
+    """
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.shape[0])
+    return inv[idx[perm]]
+
+
+@dataclass(frozen=True)
+class NullSummary:
+    """A statistic beside its permutation null.
+
+    Attributes:
+        observed: the statistic on the paired rows.
+        null_mean, null_std: mean and standard deviation (ddof=1; 0 with one permutation) under shuffling.
+        null_q95: 95th percentile under shuffling.
+        p_value: ``(1 + #{null >= observed}) / (1 + n_permutations)`` (one-sided, Phipson & Smyth 2010).
+        n_permutations: shuffles drawn.
+    """
+
+    observed: float
+    null_mean: float
+    null_std: float
+    null_q95: float
+    p_value: float
+    n_permutations: int
+
+
+def _summary(observed: float, null: np.ndarray) -> NullSummary:
+    return NullSummary(
+        observed=float(observed),
+        null_mean=float(null.mean()),
+        null_std=float(null.std(ddof=1)) if null.size > 1 else 0.0,
+        null_q95=float(np.quantile(null, 0.95)),
+        p_value=float((1 + np.sum(null >= observed - 1e-12)) / (1 + null.size)),
+        n_permutations=int(null.size),
+    )
+
+
+def _check_perms(n_permutations: int) -> int:
+    if isinstance(n_permutations, bool) or int(n_permutations) != n_permutations or n_permutations < 1:
+        raise ValueError(f"n_permutations must be an integer >= 1, got {n_permutations!r}")
+    return int(n_permutations)
+
+
+def mutual_knn_null(
+    idx_a: Tensor,
+    idx_b: Tensor,
+    ks: int | Sequence[int],
+    n_permutations: int = 100,
+    seed: int = 0,
+) -> dict[int, NullSummary]:
+    """Mutual kNN overlap of each ``k`` beside its permutation null (rows of B shuffled).
+
+    The shuffled neighbour lists come from :func:`permute_neighbours`, so the null costs no extra search.
+
+    Args:
+        idx_a, idx_b: ``(N, K)`` neighbour indices (:func:`knn_indices`), ``K >= max(ks)``.
+        ks: neighbourhood sizes.
+        n_permutations: shuffles (>= 1).
+        seed: seed of the shuffles (``torch.Generator``).
+
+    Returns:
+        ``{k: NullSummary}``.
+
+    Raises:
+        ValueError: as :func:`mutual_knn_from_indices`, or ``n_permutations < 1``.
+    """
+    observed = mutual_knn_from_indices(idx_a, idx_b, ks)
+    n_permutations = _check_perms(n_permutations)
+    gen = torch.Generator().manual_seed(int(seed))
+    a, b = _as_index(idx_a, "idx_a"), _as_index(idx_b, "idx_b")
+    null = {k: np.empty(n_permutations) for k in observed}
+    for p in range(n_permutations):
+        perm = torch.randperm(b.shape[0], generator=gen).numpy()
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.shape[0])
+        shuffled = inv[b[perm]]  # = permute_neighbours(idx_b, perm)
+        for k, v in mutual_knn_from_indices(a, shuffled, list(observed)).items():
+            null[k][p] = v
+    return {k: _summary(observed[k], null[k]) for k in observed}
+
+
+# --------------------------------------------------------------------------------------------------------
+# CKA
+
+
+def _centered(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    x, y = _pair(a, b, torch.float64)
+    return x - x.mean(dim=0, keepdim=True), y - y.mean(dim=0, keepdim=True)
+
+
+def _debiased_dot(xty: Tensor, rows_x: Tensor, rows_y: Tensor, n: int) -> Tensor:
+    """Kornblith et al.'s ``_debiased_dot_product_similarity_helper`` on centered features: the unbiased
+    HSIC estimator (Song et al. 2012) times ``n (n - 3)``."""
+    return xty - n / (n - 2.0) * (rows_x @ rows_y) + rows_x.sum() * rows_y.sum() / ((n - 1) * (n - 2))
+
+
+def _cka_parts(x: Tensor, y: Tensor, debiased: bool) -> tuple[float, float]:
+    """(cross term for the given row pairing, normaliser) of linear CKA on centered features."""
+    n = x.shape[0]
+    xty = torch.linalg.matrix_norm(x.T @ y) ** 2
+    xtx = torch.linalg.matrix_norm(x.T @ x) ** 2
+    yty = torch.linalg.matrix_norm(y.T @ y) ** 2
+    if debiased:
+        rx, ry = (x * x).sum(dim=1), (y * y).sum(dim=1)
+        xty = _debiased_dot(xty, rx, ry, n)
+        xtx, yty = _debiased_dot(xtx, rx, rx, n), _debiased_dot(yty, ry, ry, n)
+    norm = torch.sqrt(xtx * yty)
+    return float(xty), float(norm)
+
+
+def linear_cka(features_a: Any, features_b: Any, *, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019) between ``(N, D_a)`` and ``(N, D_b)`` features of the same rows.
+
+    ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on column-centred X, Y (float64). With ``debiased`` the
+    three HSIC terms use the unbiased estimator (Song et al. 2012), as Kornblith et al.'s
+    ``feature_space_linear_cka(..., debiased=True)``; recommended for small N relative to D (the biased
+    estimator drifts towards 1 there). Invariant to orthogonal transforms and isotropic scaling.
+
+    Returns:
+        float; the biased one is in [0, 1], the debiased one can fall slightly below 0. NaN when one side has
+        zero variance.
+
+    Raises:
+        ValueError: row counts differ, bad shapes, NaN/inf; ``debiased`` with ``N < 4``.
+    """
+    x, y = _centered(features_a, features_b)
+    if debiased and x.shape[0] < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs N >= 4, got {x.shape[0]}")
+    num, norm = _cka_parts(x, y, debiased)
+    return num / norm if norm > 0 else float("nan")
+
+
+def linear_cka_null(
+    features_a: Any,
+    features_b: Any,
+    *,
+    debiased: bool = False,
+    n_permutations: int = 100,
+    seed: int = 0,
+) -> NullSummary:
+    """Linear CKA beside its permutation null (rows of B shuffled; the normaliser does not change).
+
+    Args:
+        features_a, features_b, debiased: as :func:`linear_cka`.
+        n_permutations: shuffles (>= 1); each costs one ``D_a x D_b`` product over N rows.
+        seed: seed of the shuffles.
+
+    Raises:
+        ValueError: as :func:`linear_cka`, or ``n_permutations < 1``.
+    """
+    x, y = _centered(features_a, features_b)
+    n = x.shape[0]
+    if debiased and n < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs N >= 4, got {n}")
+    n_permutations = _check_perms(n_permutations)
+    num, norm = _cka_parts(x, y, debiased)
+    if not norm > 0:
+        nan = float("nan")
+        return NullSummary(nan, nan, nan, nan, nan, n_permutations)
+    gen = torch.Generator().manual_seed(int(seed))
+    rx, ry = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    null = np.empty(n_permutations)
+    for p in range(n_permutations):
+        perm = torch.randperm(n, generator=gen)
+        xty = torch.linalg.matrix_norm(x.T @ y[perm]) ** 2
+        if debiased:
+            xty = _debiased_dot(xty, rx, ry[perm], n)
+        null[p] = float(xty) / norm
+    return _summary(num / norm, null)
