@@ -298,3 +298,15 @@ def test_properties(data: tuple[np.ndarray, np.ndarray], n_bins: int, strategy: 
     assert 0.0 <= binary_brier_score(probs, labels, positive_index=0) <= 1.0
     ece, mce = paper_a(probs, labels, n_bins, strategy)
     assert bins.ece == pytest.approx(ece, abs=1e-12) and bins.mce == pytest.approx(mce, abs=1e-12)
+
+
+def test_wilson_interval_always_contains_the_proportion():
+    """Rounding at p = 0 or 1 must not put a bound inside p (reliability error bars would be negative)."""
+    from trustequiv.functional.calibration import wilson_interval
+
+    for n in (1, 2, 3, 7, 10, 97, 173, 1000, 1725):
+        k = np.arange(n + 1)
+        low, high = wilson_interval(k, np.full(n + 1, n))
+        p = k / n
+        assert np.all(low <= p) and np.all(p <= high)
+        assert low[0] == 0.0 and high[-1] == 1.0

@@ -206,6 +206,8 @@ def wilson_interval(successes: Any, trials: Any, confidence: float = 0.95) -> tu
         center = (p + z**2 / (2.0 * n)) / denom
         half = z / denom * np.sqrt(p * (1.0 - p) / n + z**2 / (4.0 * n**2))
         low, high = np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+        # The interval contains p mathematically; rounding near p = 0 or 1 can put a bound a hair inside.
+        low, high = np.minimum(low, p), np.maximum(high, p)
     empty = n == 0
     return np.where(empty, np.nan, low), np.where(empty, np.nan, high)
 
