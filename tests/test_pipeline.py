@@ -368,3 +368,14 @@ def test_pair_findings_need_a_ci_excluding_zero_and_a_real_size():
     lines = pair_findings(m, "a_vs_b")
     assert len(lines) == 2 and lines[0].startswith("ece_uniform (calibration) differs: +0.0300")
     assert "err on different examples" in lines[1]
+
+
+def test_limit_examples_is_a_hash_sample_not_the_first_ids():
+    from datasets import Dataset
+
+    ids = list(range(1000))
+    split = Dataset.from_dict({"id": ids, "label": [1] * 500 + [0] * 500})  # sorted by label, like IMDB
+    sample = pipeline._limit(split, 100)
+    assert len(sample) == 100 and 20 < sum(sample["label"]) < 80
+    shuffled = split.shuffle(seed=3)
+    assert sorted(pipeline._limit(shuffled, 100)["id"]) == sorted(sample["id"])

@@ -35,6 +35,7 @@ from trustequiv.reporting import (
     write_report,
     write_results,
 )
+from trustequiv.splits import hash_unit
 from trustequiv.tracking import log_evaluation, make_wandb_logger
 from trustequiv.training import fine_tune
 
@@ -184,11 +185,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- evaluate
-def _limit(split, n: int | None):
+def _limit(split, n: int | None, seed: int = 0):
+    """``n`` examples chosen by a seeded hash of their ids: the same ones whatever the file order, and a
+    random sample (files sorted by label, like IMDB's, would otherwise give one class)."""
     if not n or n >= len(split):
         return split
     ids = split["id"]
-    keep = sorted(range(len(ids)), key=lambda i: ids[i])[:n]
+    keep = sorted(range(len(ids)), key=lambda i: hash_unit(ids[i], seed))[:n]
     return split.select(sorted(keep))
 
 

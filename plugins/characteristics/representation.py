@@ -1,0 +1,251 @@
+"""Representation characteristic: do the two models embed the same examples alike?
+
+Mutual kNN overlap over a list of K (Huh et al. 2024; paper B, Rai, Pal, Awekar, arXiv 2407.13174, compares
+cosine neighbour sets over K) and linear CKA, biased and unbiased (Kornblith et al. 2019), each beside a
+permutation null (one side's rows shuffled), on the pooled embeddings the pipeline caches per model
+(``predict.pooling`` = cls | mean, ``predict.layer``), so no model is needed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from plugins.characteristics.errors import _heatmap
+from trustequiv.characteristic import Characteristic, all_pairs, pair_name
+from trustequiv.functional.representation import (
+    DEFAULT_KS,
+    NullSummary,
+    knn_indices,
+    linear_cka_null,
+    mutual_knn_null,
+)
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+
+log = logging.getLogger(__name__)
+
+
+def _embeddings(out: ModelOutputs) -> torch.Tensor:
+    if out.embeddings is None:
+        raise ValueError(
+            f"{out.name}: no embeddings in its outputs; the representation characteristic needs the pooled "
+            "embeddings the pipeline caches (predict.pooling / predict.layer)"
+        )
+    return out.embeddings.detach().cpu().float()
+
+
+def _fingerprint(out: ModelOutputs) -> str:
+    """Content hash of the example ids and embeddings (memo key; the same name may carry other data)."""
+    h = hashlib.sha1(out.example_ids.detach().cpu().numpy().tobytes())
+    h.update(_embeddings(out).numpy().tobytes())
+    return h.hexdigest()
+
+
+class RepresentationCharacteristic(Characteristic):
+    """Mutual kNN overlap over K and linear CKA of reference vs candidate embeddings, with permutation nulls.
+
+    Args:
+        ks: neighbourhood sizes for the kNN curve (paper B varies K); values >= N are dropped with a note.
+        n_permutations: shuffles for each null (>= 1).
+        seed: seed of the shuffles.
+        cka: compute linear CKA (biased) and its unbiased-HSIC version.
+        matrix_k: K of the all-pairs kNN matrix (must be in ``ks``; the nearest smaller one is used if not).
+        block_size: kNN search block size (extra memory ~ 8 * block_size^2 bytes).
+    """
+
+    name = "representation"
+
+    def __init__(
+        self,
+        ks: Sequence[int] = DEFAULT_KS,
+        n_permutations: int = 100,
+        seed: int = 42,
+        cka: bool = True,
+        matrix_k: int = 10,
+        block_size: int = 4096,
+    ) -> None:
+        self.ks = sorted({int(k) for k in ks})
+        if not self.ks or self.ks[0] < 1:
+            raise ValueError(f"ks must be integers >= 1, got {list(ks)}")
+        if int(n_permutations) < 1:
+            raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+        self.n_permutations = int(n_permutations)
+        self.seed = int(seed)
+        self.cka = bool(cka)
+        self.matrix_k = int(matrix_k)
+        self.block = {"block_size": int(block_size)}
+        self._knn: dict[tuple[str, str], torch.Tensor] = {}
+        self._pairs: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _usable_ks(self, n: int) -> list[int]:
+        ks = [k for k in self.ks if k <= n - 1]
+        if not ks:
+            raise ValueError(f"no K in {self.ks} fits N={n} examples (K must be <= N - 1)")
+        return ks
+
+    def _neighbours(self, out: ModelOutputs, kmax: int) -> torch.Tensor:
+        """(N, kmax) neighbour indices of ``out``'s embeddings, memoised per model, examples and content."""
+        key = (out.name, _fingerprint(out))
+        found = self._knn.get(key)
+        if found is None or found.shape[1] < kmax:
+            found = knn_indices(_embeddings(out), kmax, **self.block)
+            self._knn[key] = found
+        return found[:, :kmax]
+
+    def _pair_stats(self, reference: ModelOutputs, candidate: ModelOutputs) -> dict[str, Any]:
+        ref, cand = align(reference, candidate)
+        key = (ref.name, cand.name, _fingerprint(ref) + _fingerprint(cand))
+        if key in self._pairs:
+            return self._pairs[key]
+        n = len(ref)
+        ks = self._usable_ks(n)
+        idx_a, idx_b = self._neighbours(ref, max(ks)), self._neighbours(cand, max(ks))
+        stats: dict[str, Any] = {
+            "n": n,
+            "ks": ks,
+            "knn": mutual_knn_null(idx_a, idx_b, ks, self.n_permutations, self.seed),
+        }
+        if self.cka:
+            ea, eb = _embeddings(ref), _embeddings(cand)
+            stats["cka"] = linear_cka_null(ea, eb, n_permutations=self.n_permutations, seed=self.seed)
+            if n >= 4:
+                stats["cka_debiased"] = linear_cka_null(
+                    ea, eb, debiased=True, n_permutations=self.n_permutations, seed=self.seed
+                )
+        self._pairs[key] = stats
+        return stats
+
+    def _notes(self, dropped: list[int]) -> list[str]:
+        notes = [
+            "Mutual kNN overlap (Huh et al. 2024): cosine neighbours, the example itself excluded, score "
+            "mean_i |N_ref(i) ∩ N_cand(i)| / K over the shared examples; chance level ≈ K / (N - 1). Linear "
+            "CKA (Kornblith et al. 2019) on column-centred embeddings, biased and with the unbiased HSIC "
+            "estimator (Song et al. 2012; use it for small N). Each is reported beside a permutation null "
+            f"(candidate rows shuffled, {self.n_permutations} shuffles, seed {self.seed}): null mean, 95th "
+            "percentile and one-sided p = (1 + #null >= observed) / (1 + shuffles). Embeddings are the "
+            "pooled ones cached per model (predict.pooling, predict.layer).",
+        ]
+        if dropped:
+            notes.append(f"K values {dropped} dropped: K must be at most N - 1.")
+        return notes
+
+    # ------------------------------------------------------------------ interface
+    def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
+        """``<model>/embedding_dim`` and ``<model>/n_examples``.
+
+        Raises:
+            ValueError: the outputs carry no embeddings.
+        """
+        emb = _embeddings(outputs)
+        return CharacteristicResult(
+            metrics={
+                f"{outputs.name}/embedding_dim": float(emb.shape[1]),
+                f"{outputs.name}/n_examples": float(emb.shape[0]),
+            }
+        )
+
+    def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
+        """``<pair>/knn_k<K>`` (+ ``_null_mean``, ``_null_q95``, ``_p``, ``_chance``) for each K, and
+        ``<pair>/cka_linear``, ``<pair>/cka_linear_debiased`` with the same null entries; table
+        ``knn_curve_<pair>``.
+
+        Raises:
+            ValueError: no embeddings, no shared examples, no K below N.
+        """
+        stats = self._pair_stats(reference, candidate)
+        pair = pair_name(reference.name, candidate.name)
+        n = stats["n"]
+        metrics: dict[str, float] = {f"{pair}/n_examples": float(n)}
+        rows = []
+        for k, s in stats["knn"].items():
+            metrics.update(_null_metrics(f"{pair}/knn_k{k}", s))
+            metrics[f"{pair}/knn_k{k}_chance"] = k / (n - 1)
+            rows.append(
+                {
+                    "k": k,
+                    "overlap": s.observed,
+                    "null_mean": s.null_mean,
+                    "null_q95": s.null_q95,
+                    "chance": k / (n - 1),
+                    "p_value": s.p_value,
+                }
+            )
+        for label in ("cka", "cka_debiased"):
+            if label in stats:
+                metrics.update(_null_metrics(f"{pair}/{label.replace('cka', 'cka_linear')}", stats[label]))
+        dropped = [k for k in self.ks if k not in stats["ks"]]
+        return CharacteristicResult(
+            metrics=metrics, tables={f"knn_curve_{pair}": rows}, notes=self._notes(dropped)
+        )
+
+    def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
+        """Figure ``knn_curve`` (reference vs each candidate over K, with the null's 95th percentile and the
+        chance line) and, with >= 2 models, all-pairs tables and heatmaps ``knn_matrix`` (at ``matrix_k``)
+        and ``cka_matrix``."""
+        result = CharacteristicResult()
+        if len(outputs) < 2:
+            return result
+        reference = outputs[0]
+        curves = {o.name: self._pair_stats(reference, o) for o in outputs[1:]}
+        result.figures["knn_curve"] = _curve_figure(reference.name, curves)
+        names = [o.name for o in outputs]
+        k = len(names)
+        knn_mat, cka_mat = np.eye(k), np.eye(k)
+        used_k = None
+        for a, b in all_pairs(outputs):
+            stats = self._pair_stats(a, b)
+            mk = max([x for x in stats["ks"] if x <= self.matrix_k] or stats["ks"][:1])
+            used_k = mk
+            i, j = names.index(a.name), names.index(b.name)
+            knn_mat[i, j] = knn_mat[j, i] = stats["knn"][mk].observed
+            if "cka" in stats:
+                cka_mat[i, j] = cka_mat[j, i] = stats["cka"].observed
+        tables = {"knn_matrix": knn_mat, **({"cka_matrix": cka_mat} if self.cka else {})}
+        for table, mat in tables.items():
+            result.tables[table] = [
+                {"model": n, **{m: float(mat[i, j]) for j, m in enumerate(names)}}
+                for i, n in enumerate(names)
+            ]
+        result.figures["knn_matrix"] = _heatmap(knn_mat, names, f"Mutual kNN overlap, K={used_k}")
+        if self.cka:
+            result.figures["cka_matrix"] = _heatmap(cka_mat, names, "Linear CKA")
+        return result
+
+
+def _null_metrics(prefix: str, s: NullSummary) -> dict[str, float]:
+    return {
+        prefix: s.observed,
+        f"{prefix}_null_mean": s.null_mean,
+        f"{prefix}_null_q95": s.null_q95,
+        f"{prefix}_p": s.p_value,
+    }
+
+
+def _curve_figure(reference: str, curves: dict[str, dict[str, Any]]) -> Figure:
+    """Mutual kNN overlap over K (log axis) for reference vs each candidate; dashed = null 95th percentile,
+    dotted = chance K / (N - 1)."""
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, stats) in enumerate(curves.items()):
+        color = f"C{i}"
+        ks = list(stats["knn"])
+        ax.plot(ks, [stats["knn"][k].observed for k in ks], "o-", color=color, label=f"vs {name}")
+        null = [stats["knn"][k].null_q95 for k in ks]
+        ax.plot(ks, null, "--", color=color, alpha=0.6, label=f"null q95 ({name})")
+    any_stats = next(iter(curves.values()))
+    ks, n = list(any_stats["knn"]), any_stats["n"]
+    ax.plot(ks, [k / (n - 1) for k in ks], ":", color="grey", label="chance K/(N-1)")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (neighbours)")
+    ax.set_ylabel("mutual kNN overlap")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Mutual kNN overlap with {reference} (N={n})")
+    ax.legend(fontsize=7)
+    return fig
