@@ -24,6 +24,7 @@ CONTRACT_KEYS = {
     "pair",
     "eval_split",
     "extra_splits",
+    "ood",
     "max_length",
     "reference",
     "training",
