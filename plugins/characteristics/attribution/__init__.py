@@ -75,7 +75,8 @@ class AttributionCharacteristic(Characteristic):
         lowercase: compare word strings case-insensitively in the unique-word Jaccard.
         word_pattern: regex of a word feature (paper A's PI SHAP tokenizer ``\\w+|[^\\w\\s]`` by default).
         mask_token: null deletes a hidden word (LIME's default); a string replaces it (e.g. ``"[MASK]"``).
-        batch_tokens, max_batch: predictor batch budget (padded tokens, texts).
+        batch_tokens, max_batch: predictor batch budget (padded tokens, texts); batch_tokens None = 4096
+            on CPU, 32768 on GPUs (see BatchedPredictor).
         devices: torch devices; null: every GPU if there is one (and the model may use it), else the CPU.
         n_bootstrap, confidence, bootstrap_seed: the interval over examples.
         n_figure_examples: examples shown as word heatmaps (the lowest Jaccard, or ``figure_examples``).
@@ -97,7 +98,7 @@ class AttributionCharacteristic(Characteristic):
         lowercase: bool = True,
         word_pattern: str = DEFAULT_WORD_PATTERN,
         mask_token: str | None = None,
-        batch_tokens: int = 32768,
+        batch_tokens: int | None = None,
         max_batch: int = 1024,
         devices: Sequence[str] | None = None,
         n_bootstrap: int = 1000,
@@ -121,7 +122,8 @@ class AttributionCharacteristic(Characteristic):
         self.explained_class = explained_class
         self.top_k, self.rank_by, self.lowercase = int(top_k), rank_by, bool(lowercase)
         self.word_pattern, self.mask_token = str(word_pattern), mask_token
-        self.batch_tokens, self.max_batch = int(batch_tokens), int(max_batch)
+        self.batch_tokens = None if batch_tokens is None else int(batch_tokens)
+        self.max_batch = int(max_batch)
         self.devices = list(devices) if devices else None
         self.n_bootstrap, self.confidence, self.bootstrap_seed = (
             int(n_bootstrap),
