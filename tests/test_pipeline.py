@@ -379,3 +379,15 @@ def test_limit_examples_is_a_hash_sample_not_the_first_ids():
     assert len(sample) == 100 and 20 < sum(sample["label"]) < 80
     shuffled = split.shuffle(seed=3)
     assert sorted(pipeline._limit(shuffled, 100)["id"]) == sorted(sample["id"])
+
+
+def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = compose("evaluate", ["task=mrpc", f"paths.output_dir={tmp_path}", "logger=none"])
+    with pytest.raises(ConnectionError, match=r"paths.data_dir=\.\./shared/data"):
+        pipeline.load_task_data(cfg)

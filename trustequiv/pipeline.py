@@ -62,9 +62,16 @@ def load_task_data(cfg: DictConfig):
     """The task's ``DatasetDict`` from ``paths.data_dir`` (local files) or the hub when it is null."""
     data_dir = cfg.paths.get("data_dir")
     loader = hydra.utils.instantiate(cfg.task.loader)
-    return loader.load(
-        str(Path(data_dir).expanduser()) if data_dir else None, label_names=list(cfg.task.label_names)
-    )
+    if data_dir:
+        return loader.load(str(Path(data_dir).expanduser()), label_names=list(cfg.task.label_names))
+    try:
+        return loader.load(None, label_names=list(cfg.task.label_names))
+    except ConnectionError as err:  # datasets raises this offline; say what to do instead
+        raise ConnectionError(
+            f"{err}. Task {cfg.task.name} loads from the Hugging Face hub because paths.data_dir is null: "
+            "go online, or set paths.data_dir to a folder of local task files "
+            "(e.g. paths.data_dir=../shared/data)"
+        ) from err
 
 
 def model_node(node: Any) -> Any:
