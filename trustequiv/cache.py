@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    outputs/<key[:2]>/<key>.safetensors          finished entry: example_id, logits, labels, embeddings
+    outputs/<key[:2]>/<key>.safetensors          entry: example_id, logits, labels, [embeddings, correct]
     outputs/<key[:2]>/<key>.json                 its metadata (model, task, split, label names, checkpoint)
     outputs/<key[:2]>/<key>.partial/*.safetensors  batches written so far by an unfinished prediction
     extras/<key[:2]>/<key>.json                  per-model characteristic results (attributions, attacks)
@@ -31,7 +31,7 @@ from trustequiv.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
 
-_TENSORS = ("example_id", "logits", "labels", "embeddings")
+_TENSORS = ("example_id", "logits", "labels", "embeddings", "correct")
 
 
 def content_key(**parts: Any) -> str:
@@ -93,6 +93,7 @@ class OutputCache:
                 labels=t["labels"],
                 label_names=tuple(meta["label_names"]),
                 embeddings=t.get("embeddings"),
+                correct=t["correct"].bool() if "correct" in t else None,
             )
         except Exception as err:  # any parse/shape error means the entry cannot be trusted
             self._quarantine(key, err)
@@ -116,6 +117,8 @@ class OutputCache:
         tensors = {"example_id": outputs.example_ids, "logits": outputs.logits, "labels": outputs.labels}
         if outputs.embeddings is not None:
             tensors["embeddings"] = outputs.embeddings
+        if outputs.correct is not None:
+            tensors["correct"] = outputs.correct.to(torch.uint8)
         _atomic_save(tensors, self.tensors_path(key))
         # Metadata last: an entry counts as present only when both files exist.
         _atomic_write_text(
@@ -178,6 +181,7 @@ class OutputCache:
             labels=parts["labels"][order],
             label_names=label_names,
             embeddings=parts["embeddings"][order] if "embeddings" in parts else None,
+            correct=parts["correct"][order].bool() if "correct" in parts else None,
         )
         self.save(key, outputs, meta)
         self.clear_partial(key)

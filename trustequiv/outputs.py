@@ -22,6 +22,8 @@ class ModelOutputs:
         label_names: the ``C`` canonical class names.
         embeddings: ``(N, D)`` float32 pooled representation, or ``None``.
         extras: per-characteristic, per-model results (attributions, attack outcomes, ...).
+        correct: ``(N,)`` bool, whether each example is answered correctly when that is not
+            ``argmax(logits) == label`` (extractive QA: exact match), or ``None`` (classification).
     """
 
     name: str
@@ -31,6 +33,7 @@ class ModelOutputs:
     label_names: tuple[str, ...]
     embeddings: Tensor | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    correct: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.example_ids.shape[0]
@@ -44,6 +47,8 @@ class ModelOutputs:
             )
         if self.embeddings is not None and self.embeddings.shape[0] != n:
             raise ValueError(f"{self.name}: embeddings have {self.embeddings.shape[0]} rows, expected {n}")
+        if self.correct is not None and self.correct.shape != (n,):
+            raise ValueError(f"{self.name}: correct must be ({n},), got {tuple(self.correct.shape)}")
         if not torch.isfinite(self.logits).all():
             bad = int((~torch.isfinite(self.logits)).any(dim=1).sum())
             raise ValueError(
@@ -79,6 +84,7 @@ class ModelOutputs:
             label_names=self.label_names,
             embeddings=None if self.embeddings is None else self.embeddings[idx],
             extras=self.extras,
+            correct=None if self.correct is None else self.correct[idx],
         )
 
 

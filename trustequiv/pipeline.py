@@ -25,6 +25,7 @@ from trustequiv.models import (
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 from trustequiv.prediction import predict_outputs
+from trustequiv.qa import fine_tune_qa, is_qa, load_qa_model, predict_qa_outputs
 from trustequiv.reporting import (
     headline_rows,
     pair_findings,
@@ -150,7 +151,8 @@ def build_checkpoint(spec: ModelSpec, cfg: DictConfig, dataset, *, logger=None) 
     base_checkpoint = None
     if spec.base is not None:
         base_checkpoint = ensure_checkpoint(spec.base, cfg, dataset, allow_train=True, logger=logger)
-    return fine_tune(
+    tune = fine_tune_qa if is_qa(_plain(cfg.task)) else fine_tune
+    return tune(
         spec,
         dataset,
         task_cfg=_plain(cfg.task),
@@ -309,6 +311,8 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
                 f"{task_cfg['label_names']}: an OOD set must share the task's label names"
             )
         other["max_length"] = task_cfg["max_length"]  # score it as the model sees its own task
+        if "doc_stride" in task_cfg:
+            other["doc_stride"] = task_cfg["doc_stride"]
         loader = hydra.utils.instantiate(other["loader"])
         dataset = loader.load(
             str(Path(data_dir).expanduser()) if data_dir else None, label_names=other["label_names"]
@@ -345,6 +349,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
     cached: dict[str, bool] = {}
     predict_cfg = _plain(cfg.predict)
+    # Extractive QA (task kind qa) loads and predicts through trustequiv.qa; the rest is shared.
+    load_model = load_qa_model if is_qa(task_cfg) else load_classifier
+    predict = predict_qa_outputs if is_qa(task_cfg) else predict_outputs
     fps: dict[str, str] = {}
     loads: dict[str, Any] = {}
     boxes: dict[str, list] = {}
@@ -362,7 +369,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         def load(spec=spec, checkpoint=checkpoint, loaded_box=loaded_box):
             if not loaded_box:  # load at most once per model, and only if something is not cached
                 loaded_box.append(
-                    load_classifier(
+                    load_model(
                         checkpoint,
                         list(task_cfg["label_names"]),
                         declared_label_names=spec.label_names,
@@ -376,7 +383,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         fps[spec.name], loads[spec.name], boxes[spec.name] = fp, load, loaded_box
         ood_outputs: dict[str, ModelOutputs] = {}
         for ood_name, (ood_task, ood_data) in ood.items():
-            ood_outputs[ood_name], was_cached = predict_outputs(
+            ood_outputs[ood_name], was_cached = predict(
                 spec.name,
                 fp,
                 load,
@@ -391,7 +398,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             cached[f"{spec.name}/{ood_name}"] = was_cached
         for split in splits:
             data = _limit(dataset[split], cfg.get("limit_examples"))
-            out, was_cached = predict_outputs(
+            out, was_cached = predict(
                 spec.name,
                 fp,
                 load,

@@ -39,6 +39,25 @@ def _agreement_rows(same: np.ndarray) -> np.ndarray:
     return np.mean(same, axis=-1)
 
 
+def correctness(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(correct (n,) bool, example_ids (n,))`` over the labelled rows: ``outputs.correct`` when the task
+    sets it (extractive QA: exact match), else ``argmax(logits) == label``.
+
+    Raises:
+        ValueError: no labelled example.
+    """
+    probs, labels, ids = labelled(outputs)
+    if outputs.correct is None:
+        return probs.argmax(axis=1) == labels, ids
+    keep = outputs.labels.detach().cpu().numpy() >= 0
+    return outputs.correct.detach().cpu().numpy().astype(bool)[keep], ids
+
+
+def _error_ids(correct: np.ndarray, ids: np.ndarray) -> frozenset[int]:
+    """Paper B's error set: the ids of the rows not ``correct`` (validated by :func:`error_set`)."""
+    return error_set(correct.astype(np.int64), np.ones(correct.shape[0], dtype=np.int64), ids)
+
+
 class ErrorsCharacteristic(Characteristic):
     """Overlap of two models' errors and agreement of their predictions.
 
@@ -67,7 +86,9 @@ class ErrorsCharacteristic(Characteristic):
             "share of examples whose correctness changes (Dutta et al. 2024). Cohen's kappa is 1.0 (sklearn: "
             "NaN) when both models predict one and the same class. McNemar p is the exact two-sided binomial "
             "test on "
-            f"discordant pairs. Intervals: {self.confidence:.0%} paired bootstrap percentile, "
+            "discordant pairs. Where the task defines correctness itself (extractive QA: exact match), the "
+            "error set is the examples it marks wrong and agreement/kappa/JS are on the argmax of the logits "
+            f"(QA: answer vs abstain). Intervals: {self.confidence:.0%} paired bootstrap percentile, "
             f"{self.n_bootstrap} resamples, seed {self.seed}.",
         ]
 
@@ -77,13 +98,13 @@ class ErrorsCharacteristic(Characteristic):
         Raises:
             ValueError: no labelled example.
         """
-        probs, labels, _ = labelled(outputs)
-        wrong = probs.argmax(axis=1) != labels
+        correct, ids = correctness(outputs)
+        wrong = ~correct
         return CharacteristicResult(
             metrics={
                 f"{outputs.name}/accuracy": float(1.0 - wrong.mean()),
                 f"{outputs.name}/n_errors": float(wrong.sum()),
-                f"{outputs.name}/n_examples": float(labels.shape[0]),
+                f"{outputs.name}/n_examples": float(ids.shape[0]),
             }
         )
 
@@ -96,11 +117,9 @@ class ErrorsCharacteristic(Characteristic):
         ref, cand = align(reference, candidate)
         pair = pair_name(ref.name, cand.name)
         pred_ref, pred_cand = ref.predictions.detach().cpu().numpy(), cand.predictions.detach().cpu().numpy()
-        _, labels, ids = labelled(ref)  # labels agree after align
-        keep = ref.labels.detach().cpu().numpy() >= 0
-        correct_ref, correct_cand = pred_ref[keep] == labels, pred_cand[keep] == labels
+        (correct_ref, ids), (correct_cand, _) = correctness(ref), correctness(cand)  # same rows after align
 
-        jac = jaccard(error_set(pred_ref[keep], labels, ids), error_set(pred_cand[keep], labels, ids))
+        jac = jaccard(_error_ids(correct_ref, ids), _error_ids(correct_cand, ids))
         jac_boot = self._bootstrap(_jaccard_rows, ~correct_ref, ~correct_cand)
         agree = agreement_rate(pred_ref, pred_cand)
         agree_boot = self._bootstrap(_agreement_rows, pred_ref == pred_cand)
@@ -159,12 +178,9 @@ class ErrorsCharacteristic(Characteristic):
         for a, b in all_pairs(outputs):
             ra, cb = align(a, b)
             pa, pb = ra.predictions.detach().cpu().numpy(), cb.predictions.detach().cpu().numpy()
-            _, labels, ids = labelled(ra)
-            keep = ra.labels.detach().cpu().numpy() >= 0
+            (ca, ids), (cb_correct, _) = correctness(ra), correctness(cb)
             i, j = index[a.name], index[b.name]
-            jac[i, j] = jac[j, i] = jaccard(
-                error_set(pa[keep], labels, ids), error_set(pb[keep], labels, ids)
-            )
+            jac[i, j] = jac[j, i] = jaccard(_error_ids(ca, ids), _error_ids(cb_correct, ids))
             agr[i, j] = agr[j, i] = agreement_rate(pa, pb)
         for table, mat in (("error_jaccard_matrix", jac), ("agreement_matrix", agr)):
             result.tables[table] = [
