@@ -189,7 +189,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if logger is not None:
         logger.experiment.finish()
     meta = read_metadata(path)
-    print(f"checkpoint: {path}  best val acc: {meta.get('best_val_acc')}")
+    if "best_val_loss" in meta:  # extractive QA selects by validation loss
+        print(f"checkpoint: {path}  best val loss: {meta.get('best_val_loss')}")
+    else:
+        print(f"checkpoint: {path}  best val acc: {meta.get('best_val_acc')}")
     return {"checkpoint": str(path), **meta}
 
 
@@ -319,7 +322,7 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
         )
         if split not in dataset:
             raise ValueError(f"OOD set {entry}: task {name} has no split '{split}' (has {list(dataset)})")
-        sets[f"{name}/{split}"] = (other, dataset[split])
+        sets[f"{other['name']}/{split}"] = (other, dataset[split])  # qa/subjqa -> subjqa/test
     return sets
 
 

@@ -13,19 +13,23 @@ from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
 
 def write_predictions(outputs: ModelOutputs, path: Path) -> None:
-    """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names)."""
+    """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names);
+    extractive QA adds ``predicted_answer, exact, f1`` (from ``extras["qa"]``, rows in the outputs' order)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     probs = outputs.probs.numpy()
     preds = outputs.predictions.tolist()
     names = outputs.label_names
+    qa = outputs.extras.get("qa")
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["example_id", "gold_label", "predicted_label", *[f"p_{n}" for n in names]])
+        extra = ["predicted_answer", "exact", "f1"] if qa else []
+        w.writerow(["example_id", "gold_label", "predicted_label", *[f"p_{n}" for n in names], *extra])
         for i, eid in enumerate(outputs.example_ids.tolist()):
             gold = int(outputs.labels[i])
-            w.writerow(
-                [eid, names[gold] if gold >= 0 else "", names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
-            )
+            row = [eid, names[gold] if gold >= 0 else "", names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
+            if qa:
+                row += [qa["prediction"][i], int(qa["exact"][i]), f"{float(qa['f1'][i]):.6f}"]
+            w.writerow(row)
 
 
 def save_figures(figures: Mapping[str, Any], directory: Path) -> dict[str, Path]:

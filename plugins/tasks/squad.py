@@ -13,7 +13,7 @@ texts, empty = unanswerable) and ``answer_starts`` (their character offsets).
   (question, review); ``ANSWERNOTFOUND`` marks no answer and the token SubjQA appends to every review is
   removed from the context.
 
-Not wired into the classification pipeline yet (see the QA notes of issue 4).
+Wired into the pipeline by :mod:`trustequiv.qa` for tasks with ``kind: qa`` (``conf/task/qa/``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,126 @@
+"""Extractive-QA scores characteristic: SQuAD 2.0 exact match and F1 per model, and their change.
+
+Reads ``outputs.extras["qa"]`` (``prediction``, ``exact``, ``f1``, ``has_answer`` per question), which
+:func:`trustequiv.qa.predict_qa_outputs` attaches for tasks with ``kind: qa``. The error-set comparison of
+two QA models is the ``errors`` characteristic's (EM = 0 is an error there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.functional.bootstrap import paired_bootstrap
+from trustequiv.functional.squad import normalize_answer
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+
+
+def qa_extras(outputs: ModelOutputs) -> dict[str, Any]:
+    """``outputs.extras["qa"]`` with its lists as arrays, rows in ``outputs.example_ids`` order.
+
+    Raises:
+        ValueError: the outputs are not from an extractive QA task.
+    """
+    qa = outputs.extras.get("qa")
+    if not qa:
+        raise ValueError(
+            f"{outputs.name}: no QA predictions in its outputs; the qa characteristic needs a task with "
+            "kind: qa (e.g. task=qa/squad2)"
+        )
+    return {
+        "prediction": list(qa["prediction"]),
+        "exact": np.asarray(qa["exact"], dtype=float),
+        "f1": np.asarray(qa["f1"], dtype=float),
+        "has_answer": np.asarray(qa["has_answer"], dtype=bool),
+    }
+
+
+def _rows(outputs: ModelOutputs, ids: np.ndarray) -> dict[str, Any]:
+    qa = qa_extras(outputs)
+    pos = {int(i): k for k, i in enumerate(outputs.example_ids.tolist())}
+    idx = np.array([pos[int(i)] for i in ids], dtype=np.int64)
+    return {
+        "prediction": [qa["prediction"][k] for k in idx],
+        **{k: qa[k][idx] for k in ("exact", "f1", "has_answer")},
+    }
+
+
+class QACharacteristic(Characteristic):
+    """SQuAD 2.0 EM and F1 (official definitions, in [0, 1] here) per model; per pair their differences
+    (candidate - reference) with paired-bootstrap intervals and the share of questions whose normalised
+    predicted answers are identical.
+
+    Args:
+        n_bootstrap: paired bootstrap resamples (>= 1). confidence: interval level. seed: bootstrap seed.
+    """
+
+    name = "qa"
+
+    def __init__(self, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 42) -> None:
+        if int(n_bootstrap) < 1:
+            raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+        self.n_bootstrap, self.confidence, self.seed = int(n_bootstrap), float(confidence), int(seed)
+
+    def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
+        """``<model>/exact``, ``/f1`` (all questions), ``/has_ans_exact``, ``/no_ans_exact``,
+        ``/n_examples``."""
+        qa = qa_extras(outputs)
+        has = qa["has_answer"]
+        m = {
+            f"{outputs.name}/exact": float(qa["exact"].mean()),
+            f"{outputs.name}/f1": float(qa["f1"].mean()),
+            f"{outputs.name}/n_examples": float(has.shape[0]),
+        }
+        if has.any():
+            m[f"{outputs.name}/has_ans_exact"] = float(qa["exact"][has].mean())
+        if (~has).any():
+            m[f"{outputs.name}/no_ans_exact"] = float(qa["exact"][~has].mean())
+        return CharacteristicResult(metrics=m)
+
+    def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
+        """``<pair>/exact_diff``, ``/f1_diff`` (+ ``_ci_low`` / ``_ci_high``) and ``/answer_agreement``."""
+        ref, cand = align(reference, candidate)
+        ids = ref.example_ids.numpy()
+        # extras keep the row order of the outputs they came with (select() does not reorder them)
+        a, b = _rows(reference, ids), _rows(candidate, ids)
+        pair = pair_name(ref.name, cand.name)
+        metrics: dict[str, float] = {}
+        for key in ("exact", "f1"):
+            boot = paired_bootstrap(
+                lambda x, y: np.mean(y, axis=-1) - np.mean(x, axis=-1),
+                a[key],
+                b[key],
+                n_resamples=self.n_bootstrap,
+                confidence=self.confidence,
+                seed=self.seed,
+                vectorized=True,
+            )
+            metrics[f"{pair}/{key}_diff"] = float(b[key].mean() - a[key].mean())
+            metrics[f"{pair}/{key}_diff_ci_low"] = boot.low
+            metrics[f"{pair}/{key}_diff_ci_high"] = boot.high
+        same = np.array(
+            [
+                normalize_answer(x) == normalize_answer(y)
+                for x, y in zip(a["prediction"], b["prediction"], strict=True)
+            ]
+        )
+        metrics[f"{pair}/answer_agreement"] = float(same.mean())
+        per_example = {
+            f"qa_{pair}": {
+                "example_id": ids,
+                "reference_answer": a["prediction"],
+                "candidate_answer": b["prediction"],
+                "reference_f1": a["f1"],
+                "candidate_f1": b["f1"],
+            }
+        }
+        notes = [
+            "EM and F1: official SQuAD 2.0 definitions (normalised answers; max over gold answers; an "
+            "unanswerable question scores 1 only for an empty prediction), reported in [0, 1]. Answer "
+            "agreement: identical normalised predictions. Intervals: "
+            f"{self.confidence:.0%} paired bootstrap percentile, "
+            f"{self.n_bootstrap} resamples, seed {self.seed}."
+        ]
+        return CharacteristicResult(metrics=metrics, per_example=per_example, notes=notes)

@@ -1,0 +1,523 @@
+"""Extractive question answering (SQuAD 2.0 layout, task config ``kind: qa``): fine-tuning, prediction and
+the outputs the characteristics read.
+
+Features follow the Hugging Face question-answering example (``run_qa.py``): question + context tokenized
+with ``truncation="only_second"``, ``max_length`` and ``doc_stride`` overlapping windows of a long context
+(``return_overflowing_tokens``), offsets kept for context tokens only. Training targets are the token
+positions of the first gold answer in a window that contains it, else the [CLS] token (index 0): an
+unanswerable question, or a window without the answer. Post-processing is
+:func:`trustequiv.functional.squad.postprocess_question` (n-best spans over all windows, null score =
+[CLS] start + end logit, "" when ``null - best > null_score_diff_threshold``); EM and F1 are the official
+SQuAD 2.0 definitions (:func:`trustequiv.functional.squad.squad_v2_scores`).
+
+What the characteristics receive (:class:`trustequiv.outputs.ModelOutputs`, one row per question):
+
+- ``logits (N, 2)`` = ``[null_score, best_span_score]``, columns named ``[no_answer, answer]``: argmax is the
+  model's answer/abstain decision (at threshold 0), softmax its confidence in that decision; ``distribution``
+  scores OOD on these (MSP / energy of best span vs no-answer). A question with no valid span gets
+  ``best_span_score = null_score - 100``.
+- ``labels (N,)``: 1 if the question is answerable, else 0, so ``calibration`` measures the calibration of
+  the answerability decision.
+- ``correct (N,)``: exact match = 1; ``errors`` takes EM = 0 as the error set.
+- ``embeddings (N, D)``: the [CLS] state of the question's first window (``representation``).
+- ``extras["qa"]``: ``prediction`` (answer texts), ``exact`` (0/1), ``f1`` ([0, 1]), ``has_answer``; the
+  ``qa`` characteristic reports EM / F1 from them.
+
+Predictions are cached whole (tensors and the extras JSON under one key); unlike classification they do not
+resume batch by batch, and run on one device.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from trustequiv.cache import OutputCache, content_key
+from trustequiv.functional.squad import postprocess_question, squad_v2_scores
+from trustequiv.models import (
+    LoadedModel,
+    ModelSpec,
+    build_compressor,
+    fingerprint,
+    local_dir,
+    read_metadata,
+    write_metadata,
+)
+from trustequiv.module import SequenceClassifier
+from trustequiv.outputs import ModelOutputs
+from trustequiv.runtime import make_trainer
+from trustequiv.training import BestHFCheckpoint, save_hf
+
+log = logging.getLogger(__name__)
+
+#: bump when the QA prediction's semantics change.
+QA_CACHE_VERSION = 1
+NO_VALID_SPAN_MARGIN = 100.0
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def is_qa(task_cfg: Mapping[str, Any]) -> bool:
+    """Whether the task config is an extractive QA task (``kind: qa``; absent = classification)."""
+    return task_cfg.get("kind", "classification") == "qa"
+
+
+# ---------------------------------------------------------------- features
+def encode_qa(
+    split, tokenizer, *, max_length: int, doc_stride: int, with_positions: bool = False
+) -> list[dict[str, Any]]:
+    """Windows ("features") of every question of ``split`` (columns question, context, answers,
+    answer_starts, id).
+
+    Each feature: the model inputs (lists of ints), ``example`` (row position in ``split``), ``offsets``
+    (per token ``(start_char, end_char)`` in the context or None) and, with ``with_positions``,
+    ``start_positions`` / ``end_positions`` (token indices of the first gold answer, 0 = [CLS] when the
+    window does not hold it or the question has none).
+
+    Raises:
+        ValueError: the tokenizer is not a fast tokenizer (offsets are needed).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("extractive QA needs a fast tokenizer (character offsets)")
+    questions = [q.lstrip() for q in split["question"]]
+    contexts = list(split["context"])
+    enc = tokenizer(
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    answers, starts = list(split["answers"]), list(split["answer_starts"])
+    keys = [k for k in _INPUTS if k in enc]
+    features = []
+    for f, example in enumerate(enc["overflow_to_sample_mapping"]):
+        seq = enc.sequence_ids(f)
+        offsets = [tuple(o) if seq[k] == 1 else None for k, o in enumerate(enc["offset_mapping"][f])]
+        feat = {k: enc[k][f] for k in keys}
+        feat.update(example=int(example), offsets=offsets)
+        if with_positions:
+            s_tok = e_tok = 0
+            if answers[example]:
+                s_char = int(starts[example][0])
+                e_char = s_char + len(answers[example][0])
+                ctx = [k for k, o in enumerate(offsets) if o is not None]
+                if ctx and offsets[ctx[0]][0] <= s_char and offsets[ctx[-1]][1] >= e_char:
+                    s_tok = next(k for k in ctx if offsets[k][1] > s_char)
+                    e_tok = next(k for k in reversed(ctx) if offsets[k][0] < e_char)
+            feat.update(start_positions=s_tok, end_positions=e_tok)
+        features.append(feat)
+    return features
+
+
+class QACollator:
+    """Pads features to the batch's longest; returns model inputs, ``feature`` (index) and positions."""
+
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Tensor]:
+        width = max(len(f["input_ids"]) for _, f in items)
+        batch: dict[str, Tensor] = {}
+        for key in _INPUTS:
+            if key in items[0][1]:
+                fill = self.pad_id if key == "input_ids" else 0
+                batch[key] = torch.tensor(
+                    [f[key] + [fill] * (width - len(f[key])) for _, f in items], dtype=torch.long
+                )
+        batch["feature"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+        if "start_positions" in items[0][1]:
+            for key in ("start_positions", "end_positions"):
+                batch[key] = torch.tensor([f[key] for _, f in items], dtype=torch.long)
+        return batch
+
+
+def _loader(features, tokenizer, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        list(enumerate(features)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=gen,
+        collate_fn=QACollator(tokenizer),
+    )
+
+
+# ---------------------------------------------------------------- Lightning module
+class QuestionAnswerer(SequenceClassifier):
+    """``SequenceClassifier``'s optimiser and schedule around an ``AutoModelForQuestionAnswering``.
+
+    Training/validation loss: the model's mean start/end cross-entropy. ``predict_step`` returns per
+    feature ``feature (B,)``, ``start_logits`` / ``end_logits (B, T)`` and ``embeddings (B, D)`` (the [CLS]
+    state of the last hidden layer), float32 on CPU.
+    """
+
+    def __init__(self, model, **kwargs: Any):
+        super().__init__(model, num_labels=2, **kwargs)
+
+    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(
+            **self._inputs(batch),
+            start_positions=batch["start_positions"],
+            end_positions=batch["end_positions"],
+        ).loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["feature"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["feature"].shape[0], sync_dist=True)
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        out = self.model(**self._inputs(batch), output_hidden_states=True)
+        return {
+            "feature": batch["feature"].cpu(),
+            "start_logits": out.start_logits.float().cpu(),
+            "end_logits": out.end_logits.float().cpu(),
+            "embeddings": out.hidden_states[self.layer][:, 0].float().cpu(),
+        }
+
+
+# ---------------------------------------------------------------- loading
+def load_qa_model(
+    checkpoint: str,
+    label_names: list[str] | None = None,
+    *,
+    declared_label_names: list[str] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    memo_file: str | Path | None = None,
+) -> LoadedModel:
+    """Load a fine-tuned ``AutoModelForQuestionAnswering`` (with any on-load compression), eval mode.
+
+    Same signature as :func:`trustequiv.models.load_classifier`; the label arguments are unused.
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    directory = local_dir(checkpoint, revision)
+    model = AutoModelForQuestionAnswering.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    metadata = read_metadata(directory)
+    cpu_only = False
+    if metadata.get("compressor"):
+        compressor = build_compressor(metadata["compressor"])
+        model = compressor.on_load(model)
+        cpu_only = compressor.cpu_only
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        label_permutation=[0, 1],
+        directory=directory,
+        fingerprint=fingerprint(directory, memo_file),
+        metadata=metadata,
+        cpu_only=cpu_only,
+    )
+
+
+# ---------------------------------------------------------------- prediction
+def qa_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings QA outputs depend on, with their defaults (part of the cache key)."""
+    return {
+        "max_length": int(task_cfg.get("max_length", 384)),
+        "doc_stride": int(task_cfg.get("doc_stride", 128)),
+        "n_best": int(task_cfg.get("n_best", 20)),
+        "max_answer_length": int(task_cfg.get("max_answer_length", 30)),
+        "null_score_diff_threshold": float(task_cfg.get("null_score_diff_threshold", 0.0)),
+    }
+
+
+def qa_outputs_from_logits(
+    name: str,
+    split_data,
+    features: list[dict[str, Any]],
+    start_logits: list[np.ndarray],
+    end_logits: list[np.ndarray],
+    cls_embeddings: Tensor | None,
+    label_names: tuple[str, ...],
+    settings: Mapping[str, Any],
+) -> ModelOutputs:
+    """Post-process per-feature logits into one row per question (see the module docstring).
+
+    ``start_logits[f]`` / ``end_logits[f]``: ``(T_f,)`` logits of feature ``f`` (unpadded or padded; padded
+    tokens have no offsets and are never chosen); ``cls_embeddings``: ``(F, D)`` or None.
+    """
+    by_example: dict[int, list[int]] = {}
+    for f, feat in enumerate(features):
+        by_example.setdefault(feat["example"], []).append(f)
+    n = len(split_data)
+    contexts, golds = list(split_data["context"]), list(split_data["answers"])
+    texts, logits = [], np.zeros((n, 2), dtype=np.float32)
+    emb_rows = []
+    for i in range(n):
+        feats = by_example[i]
+        width = max(len(start_logits[f]) for f in feats)
+
+        def padded(rows, feats=feats, width=width):
+            return np.stack([np.pad(r, (0, width - len(r)), constant_values=-1e9) for r in rows])
+
+        pred = postprocess_question(
+            contexts[i],
+            padded([np.asarray(start_logits[f]) for f in feats]),
+            padded([np.asarray(end_logits[f]) for f in feats]),
+            [features[f]["offsets"] for f in feats],
+            n_best=settings["n_best"],
+            max_answer_length=settings["max_answer_length"],
+            null_score_diff_threshold=settings["null_score_diff_threshold"],
+        )
+        best = pred.best_span_score
+        if not np.isfinite(best):
+            best = pred.null_score - NO_VALID_SPAN_MARGIN
+        logits[i] = (pred.null_score, best)
+        texts.append(pred.text)
+        emb_rows.append(feats[0])
+    scores = squad_v2_scores(golds, texts)
+    return ModelOutputs(
+        name=name,
+        example_ids=torch.tensor([int(x) for x in split_data["id"]], dtype=torch.long),
+        logits=torch.from_numpy(logits),
+        labels=torch.from_numpy(scores.has_answer.astype(np.int64)),
+        label_names=label_names,
+        embeddings=None if cls_embeddings is None else cls_embeddings[emb_rows].float(),
+        correct=torch.from_numpy(scores.exact_per_example.astype(bool)),
+        extras={
+            "qa": {
+                "prediction": texts,
+                "exact": scores.exact_per_example.tolist(),
+                "f1": scores.f1_per_example.tolist(),
+                "has_answer": scores.has_answer.tolist(),
+            }
+        },
+    )
+
+
+def predict_qa_outputs(
+    name: str,
+    fingerprint: str,
+    load: Callable[[], LoadedModel],
+    split_data,
+    *,
+    task_cfg: Mapping[str, Any],
+    split: str,
+    cache: OutputCache,
+    trainer_cfg: Mapping[str, Any],
+    predict_cfg: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+    declared_label_names: list[str] | None = None,
+) -> tuple[ModelOutputs, bool]:
+    """QA counterpart of :func:`trustequiv.prediction.predict_outputs` (same arguments and return).
+
+    The rows come back in ``split_data``'s order; a second call with the same checkpoint content, task,
+    split, ids and QA settings loads nothing and runs no forward pass.
+    """
+    settings = qa_settings(task_cfg)
+    label_names = tuple(task_cfg["label_names"])
+    ids = [int(i) for i in split_data["id"]]
+    key = content_key(
+        version=QA_CACHE_VERSION,
+        kind="qa",
+        checkpoint=fingerprint,
+        task=task_cfg["name"],
+        split=split,
+        ids=content_key(ids=sorted(ids)),
+        layer=predict_cfg.get("layer", -1),
+        **settings,
+    )
+    text_key = content_key(kind="qa_extras", outputs=key)
+    cached, extras = cache.load(key, name), cache.load_extras(text_key)
+    if cached is not None and extras is not None and cached.correct is not None:
+        order = {i: k for k, i in enumerate(cached.example_ids.tolist())}
+        if sorted(order) == sorted(ids):
+            out = cached.select(torch.tensor(ids, dtype=torch.long))
+            pos = [order[i] for i in ids]
+            return ModelOutputs(
+                name=out.name,
+                example_ids=out.example_ids,
+                logits=out.logits,
+                labels=out.labels,
+                label_names=out.label_names,
+                embeddings=out.embeddings,
+                correct=out.correct,
+                extras={"qa": {k: [v[p] for p in pos] for k, v in extras.items()}},
+            ), True
+
+    loaded = load()
+    features = encode_qa(
+        split_data,
+        loaded.tokenizer,
+        max_length=settings["max_length"],
+        doc_stride=settings["doc_stride"],
+    )
+    module = QuestionAnswerer(loaded.model, layer=int(predict_cfg.get("layer", -1)))
+    trainer = make_trainer(
+        trainer_cfg,
+        cpu_only=loaded.cpu_only,
+        enable_checkpointing=False,
+        inference_mode=True,
+        devices=1,
+        strategy="auto",
+    )
+    log.info(
+        "%s: predicting %d questions (%d windows) of %s/%s",
+        name,
+        len(ids),
+        len(features),
+        task_cfg["name"],
+        split,
+    )
+    batches = trainer.predict(
+        module,
+        dataloaders=_loader(features, loaded.tokenizer, int(predict_cfg.get("batch_size", 64))),
+        return_predictions=True,
+    )
+    starts: list[np.ndarray] = [np.empty(0)] * len(features)
+    ends: list[np.ndarray] = [np.empty(0)] * len(features)
+    emb = None
+    for b in batches:
+        if emb is None:
+            emb = torch.zeros(len(features), b["embeddings"].shape[1])
+        for k, f in enumerate(b["feature"].tolist()):
+            width = len(features[f]["input_ids"])
+            starts[f] = b["start_logits"][k, :width].numpy()
+            ends[f] = b["end_logits"][k, :width].numpy()
+            emb[f] = b["embeddings"][k]
+    out = qa_outputs_from_logits(name, split_data, features, starts, ends, emb, label_names, settings)
+    info = {"model": name, "task": task_cfg["name"], "split": split, "checkpoint_fingerprint": fingerprint}
+    cache.save_extras(text_key, out.extras["qa"])
+    cache.save(key, out, {**info, **(meta or {}), "qa": settings})
+    return out, False
+
+
+# ---------------------------------------------------------------- fine-tuning
+def _new_qa_model(pretrained: str, revision: str | None, trust_remote_code: bool):
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    directory = local_dir(pretrained, revision)
+    model = AutoModelForQuestionAnswering.from_pretrained(
+        directory, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code
+    )
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def fine_tune_qa(
+    spec: ModelSpec,
+    dataset,
+    *,
+    task_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    out_dir: Path,
+    seed: int = 42,
+    base_checkpoint: str | None = None,
+    logger: Any = False,
+) -> Path:
+    """QA counterpart of :func:`trustequiv.training.fine_tune` (same arguments, return and compressor
+    handling); the best checkpoint is the one with the lowest validation loss (``best_val_loss`` in
+    ``trustequiv.json``).
+
+    Raises:
+        ValueError: no ``train`` / ``validation`` split, or a compressed spec without its base.
+    """
+    for split in ("train", "validation"):
+        if split not in dataset:
+            raise ValueError(
+                f"task {task_cfg['name']} has no '{split}' split to fine-tune on (has {list(dataset)}); "
+                "it is an evaluation-only set: fine-tune on its source task and evaluate here"
+            )
+    started = time.time()
+    L.seed_everything(seed, workers=True)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings = qa_settings(task_cfg)
+    metadata: dict[str, Any] = {
+        "model": spec.name,
+        "task": task_cfg["name"],
+        "kind": "qa",
+        "label_names": list(task_cfg["label_names"]),
+        "pretrained": spec.pretrained,
+        "seed": seed,
+        "training": dict(task_cfg["training"]),
+        "qa": settings,
+    }
+    compressor = build_compressor(spec.compressor) if spec.compressor else None
+    if compressor is not None:
+        if base_checkpoint is None:
+            raise ValueError(f"{spec.name}: a compressed model needs the fine-tuned base checkpoint")
+        base = load_qa_model(base_checkpoint)
+        model, tokenizer = compressor.compress(base.model), base.tokenizer
+        metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
+        metadata["compression"] = compressor.recipe()
+        if not compressor.finetune:
+            save_hf(model, tokenizer, out_dir)
+            metadata["compressor"] = dict(spec.compressor)
+            metadata["seconds"] = round(time.time() - started, 1)
+            write_metadata(out_dir, metadata)
+            return out_dir
+    else:
+        model, tokenizer = _new_qa_model(spec.pretrained, spec.revision, spec.trust_remote_code)
+
+    training = task_cfg["training"]
+    feats = {
+        s: encode_qa(
+            dataset[s],
+            tokenizer,
+            max_length=settings["max_length"],
+            doc_stride=settings["doc_stride"],
+            with_positions=True,
+        )
+        for s in ("train", "validation")
+    }
+    batch_size = int(training["batch_size"])
+    module = QuestionAnswerer(
+        model,
+        learning_rate=float(training["learning_rate"]),
+        weight_decay=float(training.get("weight_decay", 0.01)),
+        warmup_ratio=float(training.get("warmup_ratio", 0.1)),
+    )
+    model.train()
+    staging = out_dir.with_name(f"{out_dir.name}.training")
+    shutil.rmtree(staging, ignore_errors=True)
+    best = BestHFCheckpoint(staging, tokenizer, monitor="val/loss", mode="min")
+    trainer = make_trainer(trainer_cfg, callbacks=[best], enable_checkpointing=False, logger=logger)
+    log.info(
+        "fine-tuning %s on %s: %d / %d train / validation windows",
+        spec.name,
+        task_cfg["name"],
+        len(feats["train"]),
+        len(feats["validation"]),
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=_loader(feats["train"], tokenizer, batch_size, shuffle=True, seed=seed),
+        val_dataloaders=_loader(feats["validation"], tokenizer, 64),
+    )
+    if trainer.is_global_zero:
+        if best.best is None:
+            save_hf(module.model, tokenizer, staging)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+        metadata.update(
+            best_val_loss=best.best,
+            best_epoch=best.best_epoch,
+            epochs_run=trainer.current_epoch,
+            seconds=round(time.time() - started, 1),
+            torch=torch.__version__,
+        )
+        write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
+    return out_dir
