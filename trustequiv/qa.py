@@ -29,14 +29,12 @@ resume batch by batch, and run on one device.
 
 from __future__ import annotations
 
+import functools
 import logging
-import shutil
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,17 +44,15 @@ from trustequiv.cache import OutputCache, content_key
 from trustequiv.functional.squad import postprocess_question, squad_v2_scores
 from trustequiv.models import (
     LoadedModel,
-    ModelSpec,
     build_compressor,
     fingerprint,
     local_dir,
     read_metadata,
-    write_metadata,
 )
 from trustequiv.module import SequenceClassifier
 from trustequiv.outputs import ModelOutputs
 from trustequiv.runtime import make_trainer
-from trustequiv.training import BestHFCheckpoint, save_hf
+from trustequiv.training import Recipe, fine_tune, optimizer_settings
 
 log = logging.getLogger(__name__)
 
@@ -416,63 +412,8 @@ def _new_qa_model(pretrained: str, revision: str | None, trust_remote_code: bool
     return model, tokenizer
 
 
-def fine_tune_qa(
-    spec: ModelSpec,
-    dataset,
-    *,
-    task_cfg: Mapping[str, Any],
-    trainer_cfg: Mapping[str, Any],
-    out_dir: Path,
-    seed: int = 42,
-    base_checkpoint: str | None = None,
-    logger: Any = False,
-) -> Path:
-    """QA counterpart of :func:`trustequiv.training.fine_tune` (same arguments, return and compressor
-    handling); the best checkpoint is the one with the lowest validation loss (``best_val_loss`` in
-    ``trustequiv.json``).
-
-    Raises:
-        ValueError: no ``train`` / ``validation`` split, or a compressed spec without its base.
-    """
-    for split in ("train", "validation"):
-        if split not in dataset:
-            raise ValueError(
-                f"task {task_cfg['name']} has no '{split}' split to fine-tune on (has {list(dataset)}); "
-                "it is an evaluation-only set: fine-tune on its source task and evaluate here"
-            )
-    started = time.time()
-    L.seed_everything(seed, workers=True)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+def _qa_inputs(dataset, tokenizer, task_cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
     settings = qa_settings(task_cfg)
-    metadata: dict[str, Any] = {
-        "model": spec.name,
-        "task": task_cfg["name"],
-        "kind": "qa",
-        "label_names": list(task_cfg["label_names"]),
-        "pretrained": spec.pretrained,
-        "seed": seed,
-        "training": dict(task_cfg["training"]),
-        "qa": settings,
-    }
-    compressor = build_compressor(spec.compressor) if spec.compressor else None
-    if compressor is not None:
-        if base_checkpoint is None:
-            raise ValueError(f"{spec.name}: a compressed model needs the fine-tuned base checkpoint")
-        base = load_qa_model(base_checkpoint)
-        model, tokenizer = compressor.compress(base.model), base.tokenizer
-        metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
-        metadata["compression"] = compressor.recipe()
-        if not compressor.finetune:
-            save_hf(model, tokenizer, out_dir)
-            metadata["compressor"] = dict(spec.compressor)
-            metadata["seconds"] = round(time.time() - started, 1)
-            write_metadata(out_dir, metadata)
-            return out_dir
-    else:
-        model, tokenizer = _new_qa_model(spec.pretrained, spec.revision, spec.trust_remote_code)
-
-    training = task_cfg["training"]
     feats = {
         s: encode_qa(
             dataset[s],
@@ -483,41 +424,29 @@ def fine_tune_qa(
         )
         for s in ("train", "validation")
     }
-    batch_size = int(training["batch_size"])
-    module = QuestionAnswerer(
-        model,
-        learning_rate=float(training["learning_rate"]),
-        weight_decay=float(training.get("weight_decay", 0.01)),
-        warmup_ratio=float(training.get("warmup_ratio", 0.1)),
-    )
-    model.train()
-    staging = out_dir.with_name(f"{out_dir.name}.training")
-    shutil.rmtree(staging, ignore_errors=True)
-    best = BestHFCheckpoint(staging, tokenizer, monitor="val/loss", mode="min")
-    trainer = make_trainer(trainer_cfg, callbacks=[best], enable_checkpointing=False, logger=logger)
     log.info(
-        "fine-tuning %s on %s: %d / %d train / validation windows",
-        spec.name,
+        "%s: %d / %d train / validation windows",
         task_cfg["name"],
         len(feats["train"]),
         len(feats["validation"]),
     )
-    trainer.fit(
-        module,
-        train_dataloaders=_loader(feats["train"], tokenizer, batch_size, shuffle=True, seed=seed),
-        val_dataloaders=_loader(feats["validation"], tokenizer, 64),
-    )
-    if trainer.is_global_zero:
-        if best.best is None:
-            save_hf(module.model, tokenizer, staging)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.rename(out_dir)
-        metadata.update(
-            best_val_loss=best.best,
-            best_epoch=best.best_epoch,
-            epochs_run=trainer.current_epoch,
-            seconds=round(time.time() - started, 1),
-            torch=torch.__version__,
-        )
-        write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
-    return out_dir
+    bs = int(task_cfg["training"]["batch_size"])
+    return {
+        "train_dataloaders": _loader(feats["train"], tokenizer, bs, shuffle=True, seed=seed),
+        "val_dataloaders": _loader(feats["validation"], tokenizer, 64),
+    }
+
+
+#: Fine-tuning recipe of extractive QA: the best checkpoint has the lowest validation loss.
+QA_RECIPE = Recipe(
+    new_model=lambda spec, task_cfg: _new_qa_model(spec.pretrained, spec.revision, spec.trust_remote_code),
+    load_base=lambda checkpoint, task_cfg: load_qa_model(checkpoint),
+    make_module=lambda model, task_cfg: QuestionAnswerer(model, **optimizer_settings(task_cfg["training"])),
+    fit_inputs=_qa_inputs,
+    monitor="val/loss",
+    mode="min",
+    metadata=lambda task_cfg: {"kind": "qa", "qa": qa_settings(task_cfg)},
+)
+
+#: QA counterpart of :func:`trustequiv.training.fine_tune` (same arguments and return).
+fine_tune_qa = functools.partial(fine_tune, recipe=QA_RECIPE)

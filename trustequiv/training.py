@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,65 @@ def _new_classifier(pretrained: str, label_names: list[str], revision: str | Non
     return model, tokenizer
 
 
+def optimizer_settings(training: Mapping[str, Any]) -> dict[str, float]:
+    """AdamW settings of a task's ``training`` block (learning rate, weight decay, warmup share)."""
+    return {
+        "learning_rate": float(training["learning_rate"]),
+        "weight_decay": float(training.get("weight_decay", 0.01)),
+        "warmup_ratio": float(training.get("warmup_ratio", 0.1)),
+    }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between task families when fine-tuning; :func:`fine_tune` does the rest.
+
+    Attributes:
+        new_model: ``(spec, task_cfg) -> (model, tokenizer)`` from the pretrained weights, new head.
+        load_base: ``(checkpoint, task_cfg) -> LoadedModel``: the fine-tuned base of a compressed model.
+        make_module: ``(model, task_cfg) -> LightningModule``.
+        fit_inputs: ``(dataset, tokenizer, task_cfg, seed) -> kwargs of Trainer.fit`` (datamodule or loaders).
+        monitor, mode: the validation metric that picks the best checkpoint (recorded as ``best_<monitor>``).
+        metadata: ``task_cfg -> extra trustequiv.json entries``.
+    """
+
+    new_model: Callable[[ModelSpec, Mapping[str, Any]], tuple[Any, Any]]
+    load_base: Callable[[str, Mapping[str, Any]], Any]
+    make_module: Callable[[Any, Mapping[str, Any]], L.LightningModule]
+    fit_inputs: Callable[[Any, Any, Mapping[str, Any], int], dict[str, Any]]
+    monitor: str = "val/acc"
+    mode: str = "max"
+    metadata: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=lambda task_cfg: {})
+
+
+def _classification_inputs(dataset, tokenizer, task_cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    pair, max_length = bool(task_cfg["pair"]), int(task_cfg["max_length"])
+    splits = {
+        s: encode_split(dataset[s], tokenizer, pair=pair, max_length=max_length, name=s)
+        for s in ("train", "validation")
+    }
+    log.info(
+        "%s: %d train / %d validation examples",
+        task_cfg["name"],
+        len(splits["train"]),
+        len(splits["validation"]),
+    )
+    bs = int(task_cfg["training"]["batch_size"])
+    return {"datamodule": TaskDataModule(splits, tokenizer, batch_size=bs, eval_batch_size=64, seed=seed)}
+
+
+CLASSIFICATION = Recipe(
+    new_model=lambda spec, task_cfg: _new_classifier(
+        spec.pretrained, list(task_cfg["label_names"]), spec.revision, spec.trust_remote_code
+    ),
+    load_base=lambda checkpoint, task_cfg: load_classifier(checkpoint, list(task_cfg["label_names"])),
+    make_module=lambda model, task_cfg: SequenceClassifier(
+        model, num_labels=len(task_cfg["label_names"]), **optimizer_settings(task_cfg["training"])
+    ),
+    fit_inputs=_classification_inputs,
+)
+
+
 def fine_tune(
     spec: ModelSpec,
     dataset,
@@ -102,19 +162,20 @@ def fine_tune(
     seed: int = 42,
     base_checkpoint: str | None = None,
     logger: Any = False,
+    recipe: Recipe = CLASSIFICATION,
 ) -> Path:
     """Make ``spec``'s fine-tuned checkpoint at ``out_dir`` and return it.
 
-    Plain models start from ``spec.pretrained`` with a new classification head. Compressed models start
-    from ``base_checkpoint`` (the fine-tuned base model): the compressor's :meth:`compress` runs, then
-    fine-tuning when the compressor asks for it; otherwise the weights are copied with the compressor's
-    recipe so it is applied at load time. ``trustequiv.json`` records task, labels, provenance and the
-    best validation accuracy.
+    Plain models start from ``spec.pretrained`` with a new head. Compressed models start from
+    ``base_checkpoint`` (the fine-tuned base model): the compressor's :meth:`compress` runs, then fine-tuning
+    when the compressor asks for it; otherwise the weights are copied with the compressor's recipe so it is
+    applied at load time. ``trustequiv.json`` records task, labels, provenance and the best validation
+    metric. ``recipe`` says what is specific to the task family (classification by default; QA in
+    :mod:`trustequiv.qa`).
 
     Raises:
         ValueError: the dataset has no ``train``/``validation`` split, or a compressed spec lacks its base.
     """
-    label_names = list(task_cfg["label_names"])
     for split in ("train", "validation"):
         if split not in dataset:
             raise ValueError(
@@ -128,19 +189,19 @@ def fine_tune(
     metadata: dict[str, Any] = {
         "model": spec.name,
         "task": task_cfg["name"],
-        "label_names": label_names,
+        "label_names": list(task_cfg["label_names"]),
         "pretrained": spec.pretrained,
         "seed": seed,
         "training": dict(task_cfg["training"]),
+        **recipe.metadata(task_cfg),
     }
 
     compressor = build_compressor(spec.compressor) if spec.compressor else None
     if compressor is not None:
         if base_checkpoint is None:
             raise ValueError(f"{spec.name}: a compressed model needs the fine-tuned base checkpoint")
-        base = load_classifier(base_checkpoint, label_names)
-        model, tokenizer = base.model, base.tokenizer
-        model = compressor.compress(model)
+        base = recipe.load_base(base_checkpoint, task_cfg)
+        model, tokenizer = compressor.compress(base.model), base.tokenizer
         metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
         metadata["compression"] = compressor.recipe()
         if not compressor.finetune:
@@ -151,49 +212,27 @@ def fine_tune(
             write_metadata(out_dir, metadata)
             return out_dir
     else:
-        model, tokenizer = _new_classifier(
-            spec.pretrained, label_names, spec.revision, spec.trust_remote_code
-        )
+        model, tokenizer = recipe.new_model(spec, task_cfg)
 
-    training = task_cfg["training"]
-    pair, max_length = bool(task_cfg["pair"]), int(task_cfg["max_length"])
-    splits = {
-        s: encode_split(dataset[s], tokenizer, pair=pair, max_length=max_length, name=s)
-        for s in ("train", "validation")
-    }
-    dm = TaskDataModule(
-        splits, tokenizer, batch_size=int(training["batch_size"]), eval_batch_size=64, seed=seed
-    )
-    module = SequenceClassifier(
-        model,
-        num_labels=len(label_names),
-        learning_rate=float(training["learning_rate"]),
-        weight_decay=float(training.get("weight_decay", 0.01)),
-        warmup_ratio=float(training.get("warmup_ratio", 0.1)),
-    )
+    fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
+    module = recipe.make_module(model, task_cfg)
     # from_pretrained returns eval mode and Lightning keeps submodule modes: without this, no dropout.
     model.train()
     # Best checkpoints go to a staging dir moved into place only when fit completes: a killed run never
     # leaves a half-trained model where evaluate.py would take it for a finished one.
     staging = out_dir.with_name(f"{out_dir.name}.training")
     shutil.rmtree(staging, ignore_errors=True)
-    best = BestHFCheckpoint(staging, tokenizer)
+    best = BestHFCheckpoint(staging, tokenizer, monitor=recipe.monitor, mode=recipe.mode)
     trainer = make_trainer(trainer_cfg, callbacks=[best], enable_checkpointing=False, logger=logger)
-    log.info(
-        "fine-tuning %s on %s: %d train / %d validation examples",
-        spec.name,
-        task_cfg["name"],
-        len(splits["train"]),
-        len(splits["validation"]),
-    )
-    trainer.fit(module, datamodule=dm)
+    log.info("fine-tuning %s on %s", spec.name, task_cfg["name"])
+    trainer.fit(module, **fit_inputs)
     if trainer.is_global_zero:
         if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
             save_hf(module.model, tokenizer, staging)
         shutil.rmtree(out_dir, ignore_errors=True)
         staging.rename(out_dir)
         metadata.update(
-            best_val_acc=best.best,
+            {f"best_{recipe.monitor.replace('/', '_')}": best.best},
             best_epoch=best.best_epoch,
             epochs_run=trainer.current_epoch,
             seconds=round(time.time() - started, 1),
