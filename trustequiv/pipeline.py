@@ -42,7 +42,20 @@ from trustequiv.training import fine_tune
 
 log = logging.getLogger(__name__)
 
-MODEL_HEADLINE = ("accuracy", "ece_uniform", "ece_quantile", "mce_uniform", "brier", "nll", "n_errors")
+# Terminal/report headline columns, found under whichever characteristics ran (absent ones are skipped).
+MODEL_HEADLINE = (
+    "accuracy",
+    "ece_uniform",
+    "ece_quantile",
+    "mce_uniform",
+    "brier",
+    "nll",
+    "n_errors",
+    "exact",
+    "f1",
+    "success_rate",
+    "accuracy_under_attack",
+)
 PAIR_HEADLINE = (
     "error_jaccard",
     "agreement",
@@ -51,6 +64,10 @@ PAIR_HEADLINE = (
     "mcnemar_p",
     "ece_uniform_diff",
     "js_distance",
+    "knn_k10",
+    "cka_linear",
+    "attacked_jaccard",
+    "transfer_ref_to_cand",
 )
 
 

@@ -58,6 +58,9 @@ from trustequiv.functional.adversarial import (
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
 log = logging.getLogger(__name__)
+# sentence-transformers draws a progress bar per encode() call when its logger is at INFO (Hydra's default):
+# the SBERT constraint encodes once per candidate swap, which would flood the log.
+logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 PAPER_MLM = "bert-base-uncased"
 STATUS_OF = {
