@@ -248,12 +248,33 @@ def load_classifier(
         FileNotFoundError: the checkpoint is neither a local model dir nor reachable on the hub.
         trustequiv.labels.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     directory = local_dir(checkpoint, revision)
     names = checkpoint_label_names(directory, declared_label_names)
     perm = label_permutation(names, label_names)
-    model = AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    return load_checkpoint(
+        directory,
+        AutoModelForSequenceClassification,
+        perm,
+        trust_remote_code=trust_remote_code,
+        memo_file=memo_file,
+    )
+
+
+def load_checkpoint(
+    directory: Path,
+    model_class: Any,
+    label_permutation: list[int],
+    *,
+    trust_remote_code: bool = False,
+    memo_file: str | Path | None = None,
+) -> LoadedModel:
+    """Load ``model_class`` (a transformers Auto class) and its tokenizer from a local checkpoint dir, apply
+    the compressor recipe recorded in its trustequiv.json, and put it in eval mode."""
+    from transformers import AutoTokenizer
+
+    model = model_class.from_pretrained(directory, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     metadata = read_metadata(directory)
     cpu_only = False
@@ -266,7 +287,7 @@ def load_classifier(
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        label_permutation=perm,
+        label_permutation=list(label_permutation),
         directory=directory,
         fingerprint=fingerprint(directory, memo_file),
         metadata=metadata,

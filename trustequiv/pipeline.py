@@ -78,15 +78,20 @@ def _plain(node: Any) -> Any:
 
 def load_task_data(cfg: DictConfig):
     """The task's ``DatasetDict`` from ``paths.data_dir`` (local files) or the hub when it is null."""
-    data_dir = cfg.paths.get("data_dir")
-    loader = hydra.utils.instantiate(cfg.task.loader)
+    return _load_data(_plain(cfg.task), cfg.paths.get("data_dir"))
+
+
+def _load_data(task_cfg: Mapping[str, Any], data_dir: str | None):
+    """``task_cfg``'s ``DatasetDict``: files under ``data_dir``, else the hub (names the fix offline)."""
+    loader = hydra.utils.instantiate(task_cfg["loader"])
+    label_names = list(task_cfg["label_names"])
     if data_dir:
-        return loader.load(str(Path(data_dir).expanduser()), label_names=list(cfg.task.label_names))
+        return loader.load(str(Path(data_dir).expanduser()), label_names=label_names)
     try:
-        return loader.load(None, label_names=list(cfg.task.label_names))
+        return loader.load(None, label_names=label_names)
     except ConnectionError as err:  # datasets raises this offline; say what to do instead
         raise ConnectionError(
-            f"{err}. Task {cfg.task.name} loads from the Hugging Face hub because paths.data_dir is null: "
+            f"{err}. Task {task_cfg['name']} loads from the Hugging Face hub because paths.data_dir is null: "
             "go online, or set paths.data_dir to a folder of local task files "
             "(e.g. paths.data_dir=../shared/data)"
         ) from err
@@ -333,10 +338,7 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
         other["max_length"] = task_cfg["max_length"]  # score it as the model sees its own task
         if "doc_stride" in task_cfg:
             other["doc_stride"] = task_cfg["doc_stride"]
-        loader = hydra.utils.instantiate(other["loader"])
-        dataset = loader.load(
-            str(Path(data_dir).expanduser()) if data_dir else None, label_names=other["label_names"]
-        )
+        dataset = _load_data(other, data_dir)
         if split not in dataset:
             raise ValueError(f"OOD set {entry}: task {name} has no split '{split}' (has {list(dataset)})")
         sets[f"{other['name']}/{split}"] = (other, dataset[split])  # qa/subjqa -> subjqa/test
@@ -363,7 +365,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if missing:
         raise ValueError(f"task {task_cfg['name']} has no split(s) {missing}; it has {list(dataset)}")
 
+    # Each split (and OOD set) limited once: the same rows for every model and for the replay pass.
+    limit = cfg.get("limit_examples")
+    split_data = {s: _limit(dataset[s], limit) for s in splits}
     ood = ood_sets(cfg, task_cfg) if any(c.needs_ood for c in characteristics) else {}
+    ood = {name: (ood_task, _limit(ood_data, limit)) for name, (ood_task, ood_data) in ood.items()}
     specs = [reference, *candidates]
     identities: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
@@ -407,7 +413,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 spec.name,
                 fp,
                 load,
-                _limit(ood_data, cfg.get("limit_examples")),
+                ood_data,
                 task_cfg=ood_task,
                 split=ood_name.rpartition("/")[2],
                 cache=cache,
@@ -416,8 +422,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 declared_label_names=spec.label_names,
             )
             cached[f"{spec.name}/{ood_name}"] = was_cached
-        for split in splits:
-            data = _limit(dataset[split], cfg.get("limit_examples"))
+        for split, data in split_data.items():
             out, was_cached = predict(
                 spec.name,
                 fp,
@@ -440,8 +445,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         loaded_box.clear()  # free the model before the next one
     for char in characteristics:  # cross-model second pass (e.g. adversarial transfer)
         if char.needs_model and char.needs_replay:
-            for split in splits:
-                data = _limit(dataset[split], cfg.get("limit_examples"))
+            for split, data in split_data.items():
                 _replay_extras(char, fps, loads, outputs[split], cache, data, task_cfg, split, boxes)
 
     metrics: dict[str, float] = {}

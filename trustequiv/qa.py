@@ -29,6 +29,7 @@ resume batch by batch, and run on one device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -44,10 +45,8 @@ from trustequiv.cache import OutputCache, content_key
 from trustequiv.functional.squad import postprocess_question, squad_v2_scores
 from trustequiv.models import (
     LoadedModel,
-    build_compressor,
-    fingerprint,
+    load_checkpoint,
     local_dir,
-    read_metadata,
 )
 from trustequiv.module import SequenceClassifier
 from trustequiv.outputs import ModelOutputs
@@ -204,26 +203,14 @@ def load_qa_model(
 
     Same signature as :func:`trustequiv.models.load_classifier`; the label arguments are unused.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
-    directory = local_dir(checkpoint, revision)
-    model = AutoModelForQuestionAnswering.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    metadata = read_metadata(directory)
-    cpu_only = False
-    if metadata.get("compressor"):
-        compressor = build_compressor(metadata["compressor"])
-        model = compressor.on_load(model)
-        cpu_only = compressor.cpu_only
-    model.eval()
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        label_permutation=[0, 1],
-        directory=directory,
-        fingerprint=fingerprint(directory, memo_file),
-        metadata=metadata,
-        cpu_only=cpu_only,
+    return load_checkpoint(
+        local_dir(checkpoint, revision),
+        AutoModelForQuestionAnswering,
+        [0, 1],
+        trust_remote_code=trust_remote_code,
+        memo_file=memo_file,
     )
 
 
@@ -342,15 +329,8 @@ def predict_qa_outputs(
         if sorted(order) == sorted(ids):
             out = cached.select(torch.tensor(ids, dtype=torch.long))
             pos = [order[i] for i in ids]
-            return ModelOutputs(
-                name=out.name,
-                example_ids=out.example_ids,
-                logits=out.logits,
-                labels=out.labels,
-                label_names=out.label_names,
-                embeddings=out.embeddings,
-                correct=out.correct,
-                extras={"qa": {k: [v[p] for p in pos] for k, v in extras.items()}},
+            return dataclasses.replace(
+                out, extras={"qa": {k: [v[p] for p in pos] for k, v in extras.items()}}
             ), True
 
     loaded = load()
