@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from trustequiv.characteristic import Characteristic
 from trustequiv.compressor import Compressor
 from trustequiv.config import available
-from trustequiv.pipeline import model_node, model_specs
+from trustequiv.pipeline import build_characteristics, model_node, model_specs
 
 BASE = ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none"]
 
@@ -42,8 +42,9 @@ def test_task_files(name):
 @pytest.mark.parametrize("name", available("characteristic"))
 def test_characteristic_files(name):
     cfg = compose("evaluate", [*BASE, f"characteristic=[{name}]"])
-    obj = hydra.utils.instantiate(cfg.characteristic[name])
+    (obj,) = build_characteristics(cfg)  # as the pipeline builds it (the `splits` key is the pipeline's)
     assert isinstance(obj, Characteristic) and obj.name == name
+    assert obj.splits is None or obj.splits == [cfg.task.eval_split]
 
 
 @pytest.mark.parametrize("name", available("compressor"))

@@ -324,6 +324,37 @@ def test_collect_and_ood_outputs_reach_characteristics(trained, tmp_path, monkey
     pipeline.evaluate(compose("evaluate", overrides))
 
 
+def test_extra_split_and_per_characteristic_splits(trained, tmp_path, monkeypatch):
+    """An available optional extra split (AdvGLUE) is scored; a characteristic with ``splits`` skips it;
+    ``limit_ood_examples`` limits OOD sets apart from the splits."""
+    _, cfg, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(cfg.paths.data_dir, data)
+    rows = [{"idx": i, "label": i % 2, "sentence": f"a fine film number {i} ."} for i in range(6)]
+    (data / "advglue").mkdir()
+    (data / "advglue" / "dev.json").write_text(json.dumps({"sst2": rows}))
+    only_test, everywhere = _Recorder.Impl(), _Recorder.Impl()
+    only_test.splits = ["test"]
+    only_test.name = "recorder_test"
+    everywhere.seen = []
+    built = pipeline.build_characteristics
+    monkeypatch.setattr(pipeline, "build_characteristics", lambda c: [*built(c), only_test, everywhere])
+    overrides = [
+        *_overrides_of(cfg),
+        f"paths.data_dir={data}",
+        f"paths.cache_dir={tmp_path}/cache",
+        f"paths.output_dir={tmp_path}/run",
+        "ood=[validation]",
+        "limit_ood_examples={sst2/validation:5}",
+    ]
+    metrics = pipeline.evaluate(compose("evaluate", overrides))["metrics"]
+    assert "test_advglue/calibration/tiny_ref/accuracy" in metrics
+    assert any(k.startswith("test_advglue/errors/tiny_ref_vs_") and k.endswith("/agreement") for k in metrics)
+    assert "recorder_test/x/y" in metrics and "test_advglue/recorder_test/x/y" not in metrics
+    assert "test_advglue/recorder/x/y" in metrics
+    assert {len(ref["ood"]["sst2/validation"]) for ref, _ in everywhere.seen} == {5}
+
+
 def test_ood_set_with_other_labels_is_refused(trained, tmp_path):
     _, cfg, _ = trained
     bad = compose("evaluate", [*_overrides_of(cfg), f"paths.output_dir={tmp_path}/run", "ood=[mnli/test]"])

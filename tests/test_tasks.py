@@ -92,8 +92,15 @@ def _check_contract(dd, task):
         ids.append(np.asarray(ds["id"]))
     ids = np.concatenate(ids)
     assert len(np.unique(ids)) == len(ids), "ids must be unique across all splits"
+    optional = {
+        name
+        for spec in (cfg.loader.hub, cfg.loader.local)
+        if spec is not None
+        for name, src in (spec.get("splits") or {}).items()
+        if src.get("optional")
+    }
     for split in [cfg.eval_split, *cfg.extra_splits]:
-        assert split in dd
+        assert split in dd or split in optional
 
 
 # ----------------------------------------------------------------------------- local files
@@ -204,6 +211,35 @@ def test_imdb_local(local):
     assert imdb_id("test/neg/12") == 12 and imdb_id("test/pos/12") == 1_000_012
     with pytest.raises(ValueError):
         imdb_id("test/unsup/1")
+
+
+def test_advglue_local(local):
+    """AdvGLUE dev rows as extra splits, counts and label coding as shared/data/advglue/SOURCE.md measured."""
+    sst2 = local("sst2")["test_advglue"]
+    assert len(sst2) == 148
+    assert _counts({"a": sst2}, ["negative", "positive"]) == {"positive": 76, "negative": 72}
+    assert sst2[0]["id"] == 4 * G and sst2[0]["text_a"].startswith("it 's an uneven treat")
+    mnli = local("mnli")
+    names = ["entailment", "neutral", "contradiction"]
+    assert _counts({"a": mnli["test_advglue"]}, names) == dict(contradiction=50, neutral=39, entailment=32)
+    assert _counts({"a": mnli["test_advglue_mm"]}, names) == dict(entailment=60, contradiction=57, neutral=45)
+    assert len(local("rte")["test_advglue"]) == 81
+
+
+def test_optional_split_missing_is_skipped(tmp_path):
+    _tiny_sst2(tmp_path, "fine . \t1\nbad . \t0\n")  # no advglue/dev.json
+    dd = _load("sst2", tmp_path)
+    assert "test_advglue" not in dd and "test" in dd
+
+
+def test_advglue_reader_errors(tmp_path):
+    _tiny_sst2(tmp_path, "fine . \t1\nbad . \t0\n")
+    _write(tmp_path / "advglue" / "dev.json", '{"qqp": []}')
+    with pytest.raises(ValueError, match="sst2"):
+        _load("sst2", tmp_path)
+    _write(tmp_path / "advglue" / "dev.json", '{"sst2": [{"idx": 0, "label": 1}]}')
+    with pytest.raises(ValueError, match=r"sst2\[0\]"):
+        _load("sst2", tmp_path)
 
 
 def test_local_splits_are_reproducible(data_dir, local):
@@ -317,7 +353,13 @@ def _fake_mnli(names):
 def test_hub_mnli_remaps_labels_by_name(monkeypatch):
     calls = _fake_hub(monkeypatch, _fake_mnli(HUB_ORDER))
     dd = _load("mnli", None)
-    assert calls == [("nyu-mll/glue", "mnli")]
+    # the task, then AdvGLUE's optional splits (absent from the fake, so skipped)
+    assert calls == [
+        ("nyu-mll/glue", "mnli"),
+        ("AI-Secure/adv_glue", "adv_mnli"),
+        ("AI-Secure/adv_glue", "adv_mnli_mismatched"),
+    ]
+    assert "test_advglue" not in dd
     assert list(dd) == ["train", "validation", "test", "test_mismatched"]
     _check_contract(dd, "mnli")
     canonical = ["entailment", "neutral", "contradiction"]

@@ -40,6 +40,13 @@ class Characteristic(ABC):
     #: whether the pipeline calls :meth:`replay` on every model after all models' :meth:`collect` (cross-model
     #: work that needs this model and the others' extras, e.g. replaying adversarial texts found on another).
     needs_replay: bool = False
+    #: the evaluation splits it runs on (``None``: all). Set from the config key ``splits`` by the pipeline,
+    #: e.g. ``splits: ["${task.eval_split}"]`` keeps an expensive attack off an extra split such as AdvGLUE.
+    splits: Sequence[str] | None = None
+
+    def runs_on(self, split: str) -> bool:
+        """Whether this characteristic is evaluated on ``split``."""
+        return self.splits is None or split in self.splits
 
     def collect(
         self, model: Any, outputs: ModelOutputs, data: Any, task: Mapping[str, Any]

@@ -134,9 +134,12 @@ def model_specs(cfg: DictConfig) -> tuple[ModelSpec, list[ModelSpec]]:
 def build_characteristics(cfg: DictConfig) -> list[Characteristic]:
     chars = []
     for name, node in (cfg.get("characteristic") or {}).items():
+        node = OmegaConf.to_container(node, resolve=True)
+        splits = node.pop("splits", None)  # the pipeline's setting, not the plugin's
         obj = hydra.utils.instantiate(node)
         if not isinstance(obj, Characteristic):
             raise TypeError(f"characteristic '{name}' built a {type(obj).__name__}, not a Characteristic")
+        obj.splits = None if splits is None else [str(s) for s in splits]
         chars.append(obj)
     if not chars:
         raise ValueError("no characteristic selected: use e.g. characteristic=[calibration,errors]")
@@ -227,6 +230,15 @@ def _limit(split, n: int | None, seed: int = 0):
     ids = split["id"]
     keep = sorted(range(len(ids)), key=lambda i: hash_unit(ids[i], seed))[:n]
     return split.select(sorted(keep))
+
+
+def _ood_limit(cfg: DictConfig, name: str, default: int | None) -> int | None:
+    """``limit_ood_examples`` for the OOD set ``name`` ("<task>/<split>"): an int for every set, or a mapping
+    by set name (COVID-QA's long articles cost ~25 windows a question); ``null`` or absent: ``default``."""
+    wanted = cfg.get("limit_ood_examples")
+    if isinstance(wanted, Mapping | DictConfig):
+        return wanted.get(name, default)
+    return default if wanted is None else int(wanted)
 
 
 def _aligned(data, outputs: ModelOutputs):
@@ -360,7 +372,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     reference, candidates = model_specs(cfg)
     characteristics = build_characteristics(cfg)
     dataset = load_task_data(cfg)
-    splits = list(cfg.get("splits") or [task_cfg["eval_split"], *task_cfg.get("extra_splits", [])])
+    if cfg.get("splits"):
+        splits = list(cfg.splits)
+    else:  # an extra split the data lacks (an optional source, e.g. AdvGLUE, not available) is skipped
+        extra = list(task_cfg.get("extra_splits", []))
+        absent = [s for s in extra if s not in dataset]
+        if absent:
+            log.warning("task %s: extra split(s) %s not available; skipped", task_cfg["name"], absent)
+        splits = [task_cfg["eval_split"], *[s for s in extra if s in dataset]]
     missing = [s for s in splits if s not in dataset]
     if missing:
         raise ValueError(f"task {task_cfg['name']} has no split(s) {missing}; it has {list(dataset)}")
@@ -369,7 +388,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     limit = cfg.get("limit_examples")
     split_data = {s: _limit(dataset[s], limit) for s in splits}
     ood = ood_sets(cfg, task_cfg) if any(c.needs_ood for c in characteristics) else {}
-    ood = {name: (ood_task, _limit(ood_data, limit)) for name, (ood_task, ood_data) in ood.items()}
+    ood = {name: (t, _limit(d, _ood_limit(cfg, name, limit))) for name, (t, d) in ood.items()}
     specs = [reference, *candidates]
     identities: dict[str, dict[str, Any]] = {}
     outputs: dict[str, dict[str, ModelOutputs]] = {s: {} for s in splits}
@@ -439,14 +458,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             if ood_outputs:
                 out = dataclasses.replace(out, extras={**out.extras, "ood": ood_outputs})
             for char in characteristics:
-                if char.needs_model:
+                if char.needs_model and char.runs_on(split):
                     out = _collect_extras(char, fp, out, cache, load, data, task_cfg, split)
             outputs[split][spec.name] = out
         loaded_box.clear()  # free the model before the next one
     for char in characteristics:  # cross-model second pass (e.g. adversarial transfer)
         if char.needs_model and char.needs_replay:
             for split, data in split_data.items():
-                _replay_extras(char, fps, loads, outputs[split], cache, data, task_cfg, split, boxes)
+                if char.runs_on(split):
+                    _replay_extras(char, fps, loads, outputs[split], cache, data, task_cfg, split, boxes)
 
     metrics: dict[str, float] = {}
     results: dict[str, CharacteristicResult] = {}
@@ -457,6 +477,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cand_outs = [outputs[split][c.name] for c in candidates]
         prefix = "" if split == splits[0] else f"{split}/"
         for char in characteristics:
+            if not char.runs_on(split):
+                continue
             res = char.evaluate(ref_out, cand_outs)
             label = f"{prefix}{char.name}"
             results[label] = res

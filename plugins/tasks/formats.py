@@ -26,6 +26,11 @@ Files differ in ways a naive ``line.split("\\t")`` gets wrong, so each format is
 ``imdb_jsonl``
     one JSON object per line with ``id`` ("test/pos/123"), ``text``, ``label``. id = n for neg, 1,000,000 + n
     for pos (:func:`imdb_id`), whatever the ``train/``/``test/`` prefix.
+``advglue_<subset>`` (sst2, qqp, mnli, mnli_mm, qnli, rte)
+    AdvGLUE ``dev.json`` (Wang et al. 2021): one JSON object whose key (``mnli-mm`` for ``mnli_mm``) lists
+    dicts with ``idx``, ``label`` and the GLUE text fields of the subset. Labels use the Hugging Face GLUE
+    coding (checked: the 94 AdvGLUE SST-2 sentences with a near-identical SST-2 dev sentence carry its label).
+    id = ``idx``.
 
 Errors: a header, field count, id or text that does not fit the format raises ``ValueError`` naming the file,
 the 1-based line number and the value.
@@ -181,7 +186,42 @@ def _read_imdb_jsonl(path: Path) -> RawRows:
     return RawRows(text_a, None, labels, np.asarray(ids, dtype=np.int64))
 
 
-FORMATS: tuple[str, ...] = (*_TSV, "imdb_jsonl")
+# AdvGLUE subset -> (key in dev.json, text_a field, text_b field or None)
+_ADVGLUE: dict[str, tuple[str, str, str | None]] = {
+    "sst2": ("sst2", "sentence", None),
+    "qqp": ("qqp", "question1", "question2"),
+    "mnli": ("mnli", "premise", "hypothesis"),
+    "mnli_mm": ("mnli-mm", "premise", "hypothesis"),
+    "qnli": ("qnli", "question", "sentence"),
+    "rte": ("rte", "sentence1", "sentence2"),
+}
+
+
+def _read_advglue(path: Path, subset: str) -> RawRows:
+    key, field_a, field_b = _ADVGLUE[subset]
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)[key]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not an AdvGLUE dev.json with a {key!r} list ({err!r})") from None
+    text_a: list[str] = []
+    text_b: list[str] | None = [] if field_b else None
+    labels: list[str] = []
+    ids: list[int] = []
+    for i, row in enumerate(rows):
+        try:
+            text_a.append(str(row[field_a]))
+            if text_b is not None:
+                text_b.append(str(row[field_b]))
+            labels.append(str(row["label"]))
+            ids.append(int(row["idx"]))
+        except (KeyError, TypeError, ValueError) as err:
+            want = f"idx, label, {field_a}" + (f", {field_b}" if field_b else "")
+            raise ValueError(f"{path}, {key}[{i}]: expected {want} ({err!r})") from None
+    return RawRows(text_a, text_b, labels, np.asarray(ids, dtype=np.int64))
+
+
+FORMATS: tuple[str, ...] = (*_TSV, "imdb_jsonl", *(f"advglue_{k}" for k in _ADVGLUE))
 
 
 def read_rows(path: str | Path, fmt: str) -> RawRows:
@@ -194,6 +234,8 @@ def read_rows(path: str | Path, fmt: str) -> RawRows:
     path = Path(path)
     if fmt == "imdb_jsonl":
         return _read_imdb_jsonl(path)
+    if fmt.startswith("advglue_") and fmt[len("advglue_") :] in _ADVGLUE:
+        return _read_advglue(path, fmt[len("advglue_") :])
     if fmt not in _TSV:
         raise ValueError(f"unknown local file format {fmt!r} for {path}; known formats: {list(FORMATS)}")
     return _read_tsv(path, fmt, _TSV[fmt])

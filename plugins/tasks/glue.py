@@ -25,7 +25,10 @@ Config (``loader`` block)::
       path: nyu-mll/glue
       name: sst2
       columns: {text_a: sentence, label: label, id: idx}   # id: null -> row position
-      splits: {test: {split: validation, id_offset: 1000000000}}
+      splits:
+        test: {split: validation, id_offset: 1000000000}
+        # a split from another hub dataset; optional: skipped with a warning when it cannot be loaded
+        test_advglue: {path: AI-Secure/adv_glue, name: adv_sst2, split: validation, optional: true, ...}
       derive:                              # optional: split one source by hashed ids
         source: {split: train, id_offset: 0}
         fractions: {train: 0.9, validation: 0.1}
@@ -34,6 +37,7 @@ Config (``loader`` block)::
       folder: sst2
       splits:
         test: {file: dev.tsv, format: glue_sst2, labels: {"0": negative, "1": positive}, id_offset: ...}
+        test_advglue: {file: ../advglue/dev.json, optional: true, format: advglue_sst2, ...}  # may be absent
       derive: {source: {file: train.tsv, ...}, fractions: {train: 0.9, validation: 0.1}}
       missing_hint: null                   # extra sentence for the FileNotFoundError
 
@@ -242,12 +246,25 @@ class TextClassificationLoader:
             wanted["text_b"] = cols["text_b"]
         id_col = cols.get("id")
 
-        def read(split_spec: Mapping[str, Any]) -> _Part:
+        def read(split_spec: Mapping[str, Any]) -> _Part | None:
             name = split_spec["split"]
-            origin = f"hub {'/'.join(args)} split {name!r}"
-            if name not in dsd:
-                raise ValueError(f"{origin} does not exist; the dataset has splits {list(dsd)}")
-            ds = dsd[name]
+            # A split may come from another hub dataset (e.g. AdvGLUE's adversarial dev sets).
+            own = split_spec.get("path")
+            src_args = [own] + ([split_spec["name"]] if split_spec.get("name") else []) if own else args
+            try:
+                source = datasets.load_dataset(*src_args) if own else dsd
+            except Exception as err:  # datasets raises many types for an unreachable dataset
+                if not split_spec.get("optional"):
+                    raise
+                logger.warning("task %s: optional hub dataset %s not loadable (%s)", self.task, own, err)
+                return None
+            origin = f"hub {'/'.join(src_args)} split {name!r}"
+            if name not in source:
+                if split_spec.get("optional"):
+                    logger.warning("task %s: optional %s does not exist; skipped", self.task, origin)
+                    return None
+                raise ValueError(f"{origin} does not exist; the dataset has splits {list(source)}")
+            ds = source[name]
             needed = list(wanted.values()) + ([id_col] if id_col else [])
             unknown = [c for c in needed if c not in ds.column_names]
             if unknown:
@@ -324,11 +341,14 @@ class TextClassificationLoader:
         # Fail on the first missing file before parsing anything.
         for src in self._local_sources():
             path = folder / src["file"]
-            if not path.is_file():
+            if not path.is_file() and not src.get("optional"):
                 raise self._missing(path)
 
-        def read(src: Mapping[str, Any]) -> _Part:
+        def read(src: Mapping[str, Any]) -> _Part | None:
             path = folder / src["file"]
+            if not path.is_file():  # an optional extra split (e.g. AdvGLUE) whose file is not there
+                logger.warning("task %s: optional file %s not found; its split is skipped", self.task, path)
+                return None
             rows = read_rows(path, src["format"])
             if self.pair and rows.text_b is None:
                 raise ValueError(
@@ -397,7 +417,9 @@ class TextClassificationLoader:
                 {k: len(v) for k, v in positions.items()},
             )
         for split, src in (spec.get("splits") or {}).items():
-            parts[split] = read(src)
+            part = read(src)
+            if part is not None:  # None: an optional split that is not available
+                parts[split] = part
         order = [s for s in _SPLIT_ORDER if s in parts] + [s for s in parts if s not in _SPLIT_ORDER]
         return {s: parts[s] for s in order}
 
