@@ -284,3 +284,56 @@ def test_qa_characteristic_aligns_rows_by_id():
     assert res.metrics["r_vs_c/answer_agreement"] == pytest.approx(2 / 3)
     assert res.metrics["r_vs_c/exact_diff"] == pytest.approx(-1 / 3)
     assert res.metrics["r/exact"] == pytest.approx(2 / 3) and res.metrics["c/f1"] == pytest.approx(1 / 3)
+
+
+def test_killed_qa_prediction_resumes(squad_dir, tiny_bert, tmp_path, monkeypatch):
+    """Kill QA prediction after two batches of windows; the rerun predicts only the other windows and gives
+    the outputs of an uninterrupted run."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from trustequiv import cache as cache_mod
+    from trustequiv import qa
+    from trustequiv.cache import OutputCache
+
+    ckpt = tmp_path / "qa_model"
+    torch.manual_seed(0)
+    AutoModelForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(ckpt)
+    split = _split(squad_dir)
+    task = compose("evaluate", ["task=qa/squad2", "logger=none"]).task
+    task = {**dict(task), "max_length": MAX_LENGTH, "doc_stride": DOC_STRIDE}
+    trainer_cfg = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "logger": False}
+    windows = []
+
+    def run(cache):
+        def load():
+            return qa.load_qa_model(str(ckpt))
+
+        return qa.predict_qa_outputs(
+            "m", "fp", load, split, task_cfg=task, split="test", cache=cache,
+            trainer_cfg=trainer_cfg, predict_cfg={"batch_size": 2},
+        )  # fmt: skip
+
+    clean, _ = run(OutputCache(tmp_path / "clean"))
+    real = cache_mod.PartialPredictionWriter.write_on_batch_end
+    calls = {"n": 0}
+
+    def dying(self, trainer, module, prediction, *args, **kwargs):
+        real(self, trainer, module, prediction, *args, **kwargs)
+        windows.extend(prediction["feature"].tolist())
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(cache_mod.PartialPredictionWriter, "write_on_batch_end", dying)
+    cache = OutputCache(tmp_path / "resumed")
+    with pytest.raises(RuntimeError, match="killed"):
+        run(cache)
+    first_run = list(windows)
+    assert len(first_run) == 4
+    out, was_cached = run(cache)
+    assert not was_cached and not set(windows[4:]) & set(first_run)  # finished windows not redone
+    assert torch.equal(out.example_ids, clean.example_ids) and torch.equal(out.correct, clean.correct)
+    torch.testing.assert_close(out.logits, clean.logits)
+    torch.testing.assert_close(out.embeddings, clean.embeddings)
+    assert not list((tmp_path / "resumed").rglob("*.partial"))

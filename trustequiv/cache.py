@@ -127,17 +127,21 @@ class OutputCache:
         )
 
     # -- unfinished predictions
-    def partial_batches(self, key: str) -> dict[str, torch.Tensor] | None:
-        """All batches written so far for ``key``, concatenated, or None. Unreadable batches are dropped."""
+    def partial_files(self, key: str) -> list[dict[str, torch.Tensor]]:
+        """Each batch file written so far for ``key`` (a killed prediction's work); unreadable ones (a write
+        cut short) are deleted and left out."""
         d = self.partial_dir(key)
-        if not d.is_dir():
-            return None
         parts = []
-        for f in sorted(d.glob("*.safetensors")):
+        for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
             try:
                 parts.append(load_file(str(f)))
             except Exception:
                 f.unlink(missing_ok=True)
+        return parts
+
+    def partial_batches(self, key: str) -> dict[str, torch.Tensor] | None:
+        """All batches written so far for ``key``, concatenated, or None. Unreadable batches are dropped."""
+        parts = self.partial_files(key)
         if not parts:
             return None
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -212,16 +216,21 @@ class OutputCache:
 
 
 class PartialPredictionWriter(BasePredictionWriter):
-    """Writes each predicted batch to the cache's partial dir when it finishes: a killed run resumes there."""
+    """Writes each predicted batch to the cache's partial dir when it finishes: a killed run resumes there.
 
-    def __init__(self, directory: str | Path):
+    ``keys``: the prediction entries written (default: the classification outputs); ``id_key`` names the
+    entry whose first value goes into the file name (files of a resumed run never overwrite earlier ones).
+    """
+
+    def __init__(self, directory: str | Path, keys: tuple[str, ...] = _TENSORS, id_key: str = "example_id"):
         super().__init__(write_interval="batch")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.keys, self.id_key = keys, id_key
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        first = int(prediction["example_id"][0]) if len(prediction["example_id"]) else 0
+        first = int(prediction[self.id_key][0]) if len(prediction[self.id_key]) else 0
         name = f"r{trainer.global_rank}-b{batch_idx:06d}-{first}.safetensors"
-        _atomic_save({k: prediction[k] for k in _TENSORS if k in prediction}, self.directory / name)
+        _atomic_save({k: prediction[k] for k in self.keys if k in prediction}, self.directory / name)

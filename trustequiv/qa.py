@@ -23,8 +23,9 @@ What the characteristics receive (:class:`trustequiv.outputs.ModelOutputs`, one 
 - ``extras["qa"]``: ``prediction`` (answer texts), ``exact`` (0/1), ``f1`` ([0, 1]), ``has_answer``; the
   ``qa`` characteristic reports EM / F1 from them.
 
-Predictions are cached whole (tensors and the extras JSON under one key); unlike classification they do not
-resume batch by batch, and run on one device.
+Prediction runs windows in length-sorted batches (dynamic padding) on one device; each finished batch's
+window logits are written to the cache's partial dir, so a killed prediction resumes with the windows not yet
+done. The finished outputs are cached whole (tensors and the extras JSON under one key).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from trustequiv.cache import OutputCache, content_key
+from trustequiv.cache import OutputCache, PartialPredictionWriter, content_key
+from trustequiv.data import LengthSortedBatchSampler
 from trustequiv.functional.squad import postprocess_question, squad_v2_scores
 from trustequiv.models import (
     LoadedModel,
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 QA_CACHE_VERSION = 1
 NO_VALID_SPAN_MARGIN = 100.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_QA_TENSORS = ("feature", "start_logits", "end_logits", "embeddings")  # per window, written batch by batch
 
 
 def is_qa(task_cfg: Mapping[str, Any]) -> bool:
@@ -147,6 +150,13 @@ def _loader(features, tokenizer, batch_size: int, shuffle: bool = False, seed: i
         generator=gen,
         collate_fn=QACollator(tokenizer),
     )
+
+
+def _predict_loader(features, todo: list[int], tokenizer, batch_size: int) -> DataLoader:
+    """Inference batches over the windows ``todo`` (indices into ``features``), longest first."""
+    items = [(f, features[f]) for f in todo]
+    sampler = LengthSortedBatchSampler([len(f["input_ids"]) for _, f in items], batch_size)
+    return DataLoader(items, batch_sampler=sampler, collate_fn=QACollator(tokenizer))
 
 
 # ---------------------------------------------------------------- Lightning module
@@ -340,34 +350,38 @@ def predict_qa_outputs(
         max_length=settings["max_length"],
         doc_stride=settings["doc_stride"],
     )
-    module = QuestionAnswerer(loaded.model, layer=int(predict_cfg.get("layer", -1)))
-    trainer = make_trainer(
-        trainer_cfg,
-        cpu_only=loaded.cpu_only,
-        enable_checkpointing=False,
-        inference_mode=True,
-        devices=1,
-        strategy="auto",
-    )
+    done = cache.partial_files(key)  # windows a killed run already predicted (same windows: same key)
+    finished = {f for b in done for f in b["feature"].tolist()}
+    todo = [f for f in range(len(features)) if f not in finished]
     log.info(
-        "%s: predicting %d questions (%d windows) of %s/%s",
+        "%s: predicting %d questions (%d windows%s) of %s/%s",
         name,
         len(ids),
-        len(features),
+        len(todo),
+        f", {len(finished)} done before" if finished else "",
         task_cfg["name"],
         split,
     )
-    batches = trainer.predict(
-        module,
-        dataloaders=_loader(features, loaded.tokenizer, int(predict_cfg.get("batch_size", 64))),
-        return_predictions=True,
-    )
+    if todo:
+        module = QuestionAnswerer(loaded.model, layer=int(predict_cfg.get("layer", -1)))
+        writer = PartialPredictionWriter(cache.partial_dir(key), keys=_QA_TENSORS, id_key="feature")
+        trainer = make_trainer(
+            trainer_cfg,
+            cpu_only=loaded.cpu_only,
+            callbacks=[writer],
+            enable_checkpointing=False,
+            inference_mode=True,
+            devices=1,
+            strategy="auto",
+        )
+        batch_size = int(predict_cfg.get("batch_size", 64))
+        loader = _predict_loader(features, todo, loaded.tokenizer, batch_size)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        done = cache.partial_files(key)
     starts: list[np.ndarray] = [np.empty(0)] * len(features)
     ends: list[np.ndarray] = [np.empty(0)] * len(features)
-    emb = None
-    for b in batches:
-        if emb is None:
-            emb = torch.zeros(len(features), b["embeddings"].shape[1])
+    emb = torch.zeros(len(features), done[0]["embeddings"].shape[1]) if done else None
+    for b in done:
         for k, f in enumerate(b["feature"].tolist()):
             width = len(features[f]["input_ids"])
             starts[f] = b["start_logits"][k, :width].numpy()
@@ -377,6 +391,7 @@ def predict_qa_outputs(
     info = {"model": name, "task": task_cfg["name"], "split": split, "checkpoint_fingerprint": fingerprint}
     cache.save_extras(text_key, out.extras["qa"])
     cache.save(key, out, {**info, **(meta or {}), "qa": settings})
+    cache.clear_partial(key)
     return out, False
 
 
