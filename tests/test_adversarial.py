@@ -297,3 +297,37 @@ def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_
     assert len(calls) == 2  # only the two unfinished examples are attacked
     assert len(extras["records"]) == 6
     assert [r["id"] for r in extras["records"]] == sorted(r["id"] for r in extras["records"])
+
+
+def test_parallel_workers_give_the_in_process_records(attacked, tiny_bert):
+    """num_workers=2 (forked attack processes) attacks every example once and finds the same outcomes."""
+    tmp, cfg, _ = attacked
+    from trustequiv.models import load_classifier
+
+    split = pipeline.load_task_data(cfg)["test"]
+    loaded = load_classifier(str(tmp / "models" / "sst2" / "tiny_ref"), ["negative", "positive"])
+    out = ModelOutputs(
+        name="tiny_ref",
+        example_ids=torch.tensor(split["id"]),
+        logits=torch.zeros(len(split), 2),
+        labels=torch.tensor(split["label"]),
+        label_names=("negative", "positive"),
+    )
+    task = {"name": "sst2", "pair": False, "max_length": 32}
+    records = {}
+    for workers in (1, 2):
+        char = Adversarial(
+            n_examples=6,
+            seed=5,
+            masked_lm=str(tmp / "mlm"),
+            sentence_encoder="sbert",
+            sbert_model=str(tiny_bert),
+            attack_dir=str(tmp / f"workers{workers}"),
+            num_workers=workers,
+        )
+        records[workers] = char.collect(loaded, out, split, task)["records"]
+    keep = ("id", "status", "adv_texts", "n_queries", "perturbed_words")
+    assert [{k: r.get(k) for k in keep} for r in records[2]] == [
+        {k: r.get(k) for k in keep} for r in records[1]
+    ]
+    assert len({r["id"] for r in records[2]}) == 6

@@ -36,6 +36,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections import OrderedDict
@@ -296,6 +297,8 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # The parent's tokenizer thread pool does not survive fork: encode serially in the child (else deadlock).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _worker_attack(job: tuple[int, int, str, str | None]) -> dict[str, Any]:

@@ -66,9 +66,16 @@ def import_textattack(nltk_dir: str | Path | None = None):
         return False
 
     nltk.download = no_download
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     try:
         import textattack
     finally:
         nltk.download = real_download
+        # textattack sets TOKENIZERS_PARALLELISM=True at import; once set, tokenizers no longer turns its
+        # thread pool off in forked children, and a forked attack worker deadlocks in its first encode.
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     _IMPORTED["textattack"] = textattack
     return textattack
