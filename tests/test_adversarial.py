@@ -245,8 +245,8 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
         assert ours["mean_perturbed_share"] * 100 == pytest.approx(perc, abs=0.01)
 
 
-def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_bert, monkeypatch):
-    tmp, cfg, _ = attacked
+def _reference_on_test(tmp, cfg):
+    """The test split, the tiny reference loaded, and placeholder outputs in the split's order."""
     from trustequiv.models import load_classifier
 
     split = pipeline.load_task_data(cfg)["test"]
@@ -258,6 +258,12 @@ def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_
         labels=torch.tensor(split["label"]),
         label_names=("negative", "positive"),
     )
+    return split, loaded, out
+
+
+def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_bert, monkeypatch):
+    tmp, cfg, _ = attacked
+    split, loaded, out = _reference_on_test(tmp, cfg)
     char = Adversarial(
         n_examples=6,
         seed=3,
@@ -302,17 +308,7 @@ def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_
 def test_parallel_workers_give_the_in_process_records(attacked, tiny_bert):
     """num_workers=2 (forked attack processes) attacks every example once and finds the same outcomes."""
     tmp, cfg, _ = attacked
-    from trustequiv.models import load_classifier
-
-    split = pipeline.load_task_data(cfg)["test"]
-    loaded = load_classifier(str(tmp / "models" / "sst2" / "tiny_ref"), ["negative", "positive"])
-    out = ModelOutputs(
-        name="tiny_ref",
-        example_ids=torch.tensor(split["id"]),
-        logits=torch.zeros(len(split), 2),
-        labels=torch.tensor(split["label"]),
-        label_names=("negative", "positive"),
-    )
+    split, loaded, out = _reference_on_test(tmp, cfg)
     task = {"name": "sst2", "pair": False, "max_length": 32}
     records = {}
     for workers in (1, 2):
