@@ -97,16 +97,20 @@ def compose(config_name: str, overrides: list[str]):
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
-def tiny_overrides(tmp: Path, tiny: Path, data_dir: Path, *extra: str) -> list[str]:
-    """Overrides that run the whole pipeline on the tiny model and synthetic task in a few seconds."""
+def tiny_overrides(
+    tmp: Path, tiny: Path, data_dir: Path, *extra: str, task: str = "sst2", candidate: str = "tiny_cand"
+) -> list[str]:
+    """Overrides that run the whole pipeline on the tiny model and synthetic task in a few seconds.
+
+    ``candidate``: the candidate's base name (``tiny_ref`` makes it ``tiny_ref+<compressor>``)."""
     return [
-        "task=sst2",
+        f"task={task}",
         "model=minilm",
         "model@reference=minilm",
         f"model.pretrained={tiny}",
         f"reference.pretrained={tiny}",
         "reference.name=tiny_ref",
-        "model.name=tiny_cand",
+        f"model.name={candidate}",
         f"paths.data_dir={data_dir}",
         f"paths.models_dir={tmp / 'models'}",
         f"paths.cache_dir={tmp / 'cache'}",
@@ -120,3 +124,16 @@ def tiny_overrides(tmp: Path, tiny: Path, data_dir: Path, *extra: str) -> list[s
         "task.max_length=32",
         *extra,
     ]
+
+
+CACHED = "the model was loaded although its outputs are cached"
+
+
+def forbid(monkeypatch, module, *names: str, why: str = CACHED):
+    """Make ``module.<name>`` raise for each name: a rerun the cache should serve must not call it."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError(why)
+
+    for name in names:
+        monkeypatch.setattr(module, name, boom)

@@ -133,7 +133,7 @@ def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data
     import json
     from pathlib import Path
 
-    from conftest import compose, tiny_overrides
+    from conftest import compose, forbid, tiny_overrides
 
     from plugins.characteristics import attribution
     from trustequiv import pipeline
@@ -166,11 +166,8 @@ def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data
     assert (run / "figures" / "test" / f"attribution_lime_heatmaps_{pair}.png").stat().st_size > 1000
     assert "attribution_lime" in json.loads((run / "results.json").read_text())["config"]["characteristic"]
 
-    def boom(*args, **kwargs):
-        raise AssertionError("attributions were computed again although cached")
-
-    monkeypatch.setattr(attribution.explainers, "lime_attributions", boom)
-    monkeypatch.setattr(attribution.explainers, "ig_attributions", boom)
+    why = "attributions were computed again although cached"
+    forbid(monkeypatch, attribution.explainers, "lime_attributions", "ig_attributions", why=why)
     again = pipeline.evaluate(cfg)
     assert (
         again["metrics"][f"attribution_lime/{pair}/jaccard"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, tiny_overrides
+from conftest import compose, forbid, tiny_overrides
 
 from trustequiv import pipeline
 from trustequiv.cache import OutputCache
@@ -69,11 +69,7 @@ def test_end_to_end_outputs(trained):
 def test_cache_hit_does_no_forward_pass(trained, monkeypatch):
     _, cfg, first = trained
 
-    def boom(*args, **kwargs):
-        raise AssertionError("the model was loaded although its outputs are cached")
-
-    monkeypatch.setattr(pipeline, "load_classifier", boom)
-    monkeypatch.setattr(pipeline, "fine_tune", boom)
+    forbid(monkeypatch, pipeline, "load_classifier", "fine_tune")
     again = pipeline.evaluate(cfg)
     assert all(again["cached"].values())
     assert again["metrics"] == pytest.approx(first["metrics"], nan_ok=True)

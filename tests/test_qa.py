@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, POSITIVE, compose
+from conftest import FILLER, POSITIVE, compose, forbid, tiny_overrides
 
 from trustequiv import pipeline
 from trustequiv.qa import encode_qa, qa_outputs_from_logits, qa_settings
@@ -138,29 +138,20 @@ QA_CHARS = (
 
 
 def _overrides(tmp, tiny, data_dir, *extra, chars=QA_CHARS):
-    return [
-        "task=qa/squad2",
-        "model=minilm",
-        "model@reference=minilm",
-        f"model.pretrained={tiny}",
-        f"reference.pretrained={tiny}",
-        "reference.name=tiny_ref",
-        "model.name=tiny_ref",  # the candidate is tiny_ref+<compressor>: its base is the reference
-        f"paths.data_dir={data_dir}",
-        f"paths.models_dir={tmp / 'models'}",
-        f"paths.cache_dir={tmp / 'cache'}",
-        f"paths.output_dir={tmp / 'run'}",
-        "logger=none",
-        "trainer=cpu",
+    # the candidate is tiny_ref+<compressor>: its base is the reference
+    return tiny_overrides(
+        tmp,
+        tiny,
+        data_dir,
         "trainer.max_epochs=8",
-        "trainer.enable_progress_bar=false",
-        "task.training.batch_size=16",
         "task.training.learning_rate=5e-3",
         f"task.max_length={MAX_LENGTH}",
         f"task.doc_stride={DOC_STRIDE}",
         *chars,
         *extra,
-    ]
+        task="qa/squad2",
+        candidate="tiny_ref",
+    )
 
 
 def test_qa_train_evaluate_and_cache(squad_dir, tiny_bert, tmp_path, monkeypatch):
@@ -188,11 +179,7 @@ def test_qa_train_evaluate_and_cache(squad_dir, tiny_bert, tmp_path, monkeypatch
     meta = json.loads((tmp_path / "models" / "squad2" / "tiny_ref" / "trustequiv.json").read_text())
     assert meta["kind"] == "qa" and meta["best_val_loss"] is not None
 
-    def boom(*args, **kwargs):
-        raise AssertionError("the model was loaded although its outputs are cached")
-
-    monkeypatch.setattr(pipeline, "load_qa_model", boom)
-    monkeypatch.setattr(pipeline, "fine_tune_qa", boom)
+    forbid(monkeypatch, pipeline, "load_qa_model", "fine_tune_qa")
     again = pipeline.evaluate(cfg)
     assert all(again["cached"].values())
     assert again["metrics"] == pytest.approx(m, nan_ok=True)
