@@ -14,7 +14,12 @@ import torch
 from conftest import compose, tiny_overrides
 
 from plugins.characteristics import adversarial as adv
-from plugins.characteristics.adversarial import Adversarial, read_jsonl, select_examples
+from plugins.characteristics.adversarial import (
+    Adversarial,
+    read_jsonl,
+    reusable_under_budget,
+    select_examples,
+)
 from trustequiv import pipeline
 from trustequiv.functional.adversarial import (
     attack_summary,
@@ -327,3 +332,51 @@ def test_parallel_workers_give_the_in_process_records(attacked, tiny_bert):
         {k: r.get(k) for k in keep} for r in records[1]
     ]
     assert len({r["id"] for r in records[2]}) == 6
+
+
+def test_reusable_under_budget_on_hand_made_records():
+    assert reusable_under_budget({"status": "skipped", "n_queries": 1}, 10)
+    assert reusable_under_budget({"status": "success", "n_queries": 9}, 10)
+    assert not reusable_under_budget({"status": "success", "n_queries": 10}, 10)
+    # a failed search's best text can be found early: without its total, reuse is unsafe
+    assert not reusable_under_budget({"status": "failed", "n_queries": 3}, 10)
+    assert reusable_under_budget({"status": "failed", "n_queries": 3, "n_queries_total": 9}, 10)
+    assert not reusable_under_budget({"status": "failed", "n_queries": 3, "n_queries_total": 12}, 10)
+
+
+def test_budgeted_rerun_reuses_exactly_the_outcomes_a_fresh_budgeted_attack_finds(
+    attacked, tiny_bert, monkeypatch
+):
+    tmp, cfg, _ = attacked
+    split, loaded, out = _reference_on_test(tmp, cfg)
+    task = {"name": "sst2", "pair": False, "max_length": 32}
+    common = dict(
+        n_examples=8, seed=7, masked_lm=str(tmp / "mlm"), sentence_encoder="sbert", sbert_model=str(tiny_bert)
+    )
+    free = Adversarial(**common, attack_dir=str(tmp / "budget")).collect(loaded, out, split, task)["records"]
+    attacked_totals = sorted(r["n_queries_total"] for r in free if r["status"] != "skipped")
+    assert attacked_totals, "the tiny model must leave something to attack"
+    budget = attacked_totals[len(attacked_totals) // 2]  # some searches end below it, some reach it
+    calls: list[int] = []
+    real_build = adv.build_attack
+
+    def counting_build(*args, **kwargs):
+        attack, info = real_build(*args, **kwargs)
+        real_attack = attack.attack
+        attack.attack = lambda example, label: calls.append(1) or real_attack(example, label)
+        return attack, info
+
+    monkeypatch.setattr(adv, "build_attack", counting_build)
+    reused = Adversarial(**common, query_budget=budget, attack_dir=str(tmp / "budget")).collect(
+        loaded, out, split, task
+    )
+    n_reusable = sum(reusable_under_budget(r, budget) for r in free)
+    assert reused["setup"]["n_reused"] == n_reusable
+    assert len(calls) == len(free) - n_reusable
+    fresh = Adversarial(**common, query_budget=budget, attack_dir=str(tmp / "fresh")).collect(
+        loaded, out, split, task
+    )
+    keep = ("id", "status", "adv_texts", "n_queries", "perturbed_words")
+    assert [{k: r.get(k) for k in keep} for r in reused["records"]] == [
+        {k: r.get(k) for k in keep} for r in fresh["records"]
+    ]

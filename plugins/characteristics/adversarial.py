@@ -304,8 +304,31 @@ def _worker_init() -> None:
 def _worker_attack(job: tuple[int, int, str, str | None]) -> dict[str, Any]:
     example_id, label, text_a, text_b = job
     started = time.time()
-    result = _WORKER["attack"].attack(_example(text_a, text_b, _WORKER["pair"]), label)
-    return result_record(result, example_id, label, time.time() - started)
+    attack = _WORKER["attack"]
+    result = attack.attack(_example(text_a, text_b, _WORKER["pair"]), label)
+    rec = result_record(result, example_id, label, time.time() - started)
+    # All queries spent (the perturbed result's count stops at the best text found, less for a failed search).
+    total = getattr(getattr(attack, "goal_function", None), "num_queries", None)
+    if isinstance(total, int):
+        rec["n_queries_total"] = max(total, rec["n_queries"])
+    return rec
+
+
+def reusable_under_budget(rec: Mapping[str, Any], budget: int) -> bool:
+    """Whether an outcome found with no query budget is exactly what a run with ``budget`` finds.
+
+    TextAttack's goal function only cuts a query list once the running count would pass the budget, so a
+    search that spent fewer than ``budget`` queries in all never met it: same trajectory, same outcome.
+    A success's count is its total (the search stops there); a skipped example costs one query; a failed
+    search's total is known only from records that store ``n_queries_total``.
+    """
+    status = rec.get("status")
+    if status == "skipped":
+        return True
+    if status == "success":
+        return int(rec["n_queries"]) < budget
+    total = rec.get("n_queries_total")
+    return total is not None and int(total) < budget
 
 
 def read_jsonl(path: Path) -> dict[int, dict[str, Any]]:
@@ -329,15 +352,31 @@ def run_attack(
     pair: bool,
     jsonl: Path,
     num_workers: int = 1,
+    reuse: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Attack every ``(id, label, text_a, text_b)`` job not already in ``jsonl``; append each finished record
-    to ``jsonl`` at once; return all records in job order."""
+    to ``jsonl`` at once; return all records in job order. ``reuse``: records by id that are valid for this
+    attack without running it (copied into ``jsonl``, marked ``"reused": true``)."""
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     done = read_jsonl(jsonl)
     todo = [j for j in jobs if j[0] not in done]
     log.info("attack: %d of %d examples done before, %d to go", len(jobs) - len(todo), len(jobs), len(todo))
     _WORKER.update(attack=attack, pair=pair)
     with jsonl.open("a") as fh:
+        if reuse:
+            copied = [j for j in todo if j[0] in reuse]
+            for job in copied:
+                rec = {**reuse[job[0]], "reused": True}
+                fh.write(json.dumps(rec) + "\n")
+                done[job[0]] = rec
+            fh.flush()
+            todo = [j for j in todo if j[0] not in reuse]
+            if copied:
+                log.info(
+                    "attack: %d outcomes reused from the unbudgeted run, %d to go",
+                    len(copied),
+                    len(todo),
+                )
         if num_workers > 1 and len(todo) > 1:
             import multiprocessing as mp
 
@@ -458,14 +497,23 @@ class Adversarial(Characteristic):
         pair = bool(task.get("pair"))
         ids = [int(i) for i in data["id"]]
         pos = select_examples(ids, self.n_examples, self.seed)
-        key = content_key(
-            config=dict(self.cache_config()),
-            checkpoint=model.fingerprint,
-            task=task["name"],
-            max_length=int(task["max_length"]),
-            ids=[ids[k] for k in pos],
-        )
-        jsonl = self.attack_dir / f"{key}.jsonl"
+
+        def outcomes_file(query_budget: int | None) -> Path:
+            key = content_key(
+                config={**self.cache_config(), "query_budget": query_budget},
+                checkpoint=model.fingerprint,
+                task=task["name"],
+                max_length=int(task["max_length"]),
+                ids=[ids[k] for k in pos],
+            )
+            return self.attack_dir / f"{key}.jsonl"
+
+        jsonl = outcomes_file(self.query_budget)
+        reuse = None
+        if self.query_budget is not None:
+            # A budgeted rerun keeps the unbudgeted run's outcomes that never came near the budget.
+            unbudgeted = read_jsonl(outcomes_file(None))
+            reuse = {i: r for i, r in unbudgeted.items() if reusable_under_budget(r, int(self.query_budget))}
         labels = outputs.labels.tolist()
         text_a = data["text_a"]
         text_b = data["text_b"] if pair else None
@@ -493,8 +541,13 @@ class Adversarial(Characteristic):
             max_percent_words=self.max_percent_words,
             model_batch_size=self.batch_size,
         )
-        records = run_attack(attack, jobs, pair=pair, jsonl=jsonl, num_workers=self.num_workers)
-        info.update(n_examples=len(jobs), seed=self.seed, jsonl=str(jsonl))
+        records = run_attack(attack, jobs, pair=pair, jsonl=jsonl, num_workers=self.num_workers, reuse=reuse)
+        info.update(
+            n_examples=len(jobs),
+            seed=self.seed,
+            jsonl=str(jsonl),
+            n_reused=sum(bool(r.get("reused")) for r in records),
+        )
         return {"records": records, "setup": info, "seconds": round(time.time() - started, 1)}
 
     def replay(
