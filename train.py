@@ -3,10 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
-from trustequiv.config import quiet_third_party, register_resolvers
+from trustequiv.config import quiet_third_party, register_resolvers, stop_on_sigterm
 
 quiet_third_party()
 register_resolvers()
+stop_on_sigterm()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -84,3 +84,37 @@ def test_unknown_task_exits_with_the_options(tmp_path):
     bad = _run([str(REPO / "evaluate.py"), "task=no_such_task", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
     assert bad.returncode != 0
     assert "no_such_task" in bad.stderr and "mnli" in bad.stderr
+
+
+def test_sigterm_stops_training_and_moves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp_path):
+    """What schedulers and ``kill`` send: fine-tuning stops within a batch and leaves no finished model."""
+    import signal
+    import time
+
+    args = [*_common(tmp_path, tiny_bert, synthetic_data_dir), "trainer.max_epochs=100000"]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args, "logger=none"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    staging = tmp_path / "models" / "sst2" / "tiny.training"
+    deadline = time.time() + 120
+    while not (staging / "config.json").exists():  # training, past its first validation
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[0][-3000:])
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        err, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("fine-tuning ignored SIGTERM") from None
+    assert proc.returncode == 143, err[-3000:]  # 128 + SIGTERM: not mistaken for success
+    assert "SIGTERM received" in err
+    assert not (tmp_path / "models" / "sst2" / "tiny").exists()

@@ -14,7 +14,13 @@ import torch
 from conftest import FILLER, POSITIVE, compose, forbid, tiny_overrides
 
 from trustequiv import pipeline
-from trustequiv.qa import encode_qa, qa_outputs_from_logits, qa_settings
+from trustequiv.qa import (
+    apply_null_threshold,
+    choose_null_threshold,
+    encode_qa,
+    qa_outputs_from_logits,
+    qa_settings,
+)
 
 MAX_LENGTH, DOC_STRIDE = 40, 12
 
@@ -128,6 +134,15 @@ def test_outputs_from_hand_made_logits(squad_dir):
     )
     assert out.extras["qa"]["prediction"] == ["cc", "bb"]
     assert out.correct.tolist() == [True, False] and out.extras["qa"]["f1"] == [1.0, 0.0]
+    # thresholding the threshold-0 outputs afterwards is the same decision
+    later = apply_null_threshold(
+        qa_outputs_from_logits("m", data, features, s, e, emb, ("no_answer", "answer"), settings), 2.5
+    )
+    assert later.extras["qa"]["prediction"] == ["cc", "bb"] and later.correct.tolist() == [True, False]
+    assert later.predictions.tolist() == [1, 1]  # the answer logit carries the threshold
+    # best F1 on these two: answer q0 (diff -9), abstain on q1 (diff 2): threshold -9, F1 1
+    chosen = choose_null_threshold(out)
+    assert chosen["null_score_diff_threshold"] == -9.0 and chosen["validation_f1"] == 1.0
 
 
 QA_CHARS = (
@@ -184,6 +199,25 @@ def test_qa_train_evaluate_and_cache(squad_dir, tiny_bert, tmp_path, monkeypatch
     assert all(again["cached"].values())
     assert again["metrics"] == pytest.approx(m, nan_ok=True)
     monkeypatch.undo()
+
+    # by default the no-answer threshold is chosen per model on validation (official best-F1 threshold)
+    assert not first["cached"]["tiny_ref/validation"]
+    for name in ("tiny_ref", "tiny_ref+layer_drop"):
+        assert f"qa/{name}/null_threshold" in m and 0 <= m[f"qa/{name}/answered_share"] <= 1
+        assert 0 <= m[f"qa/{name}/validation_f1"] <= 1
+    results = json.loads((Path(first["output_dir"]) / "results.json").read_text())
+    assert "chosen on the validation split" in json.dumps(results)
+    # a fixed threshold needs no validation pass and reuses the threshold-free cached outputs
+    fixed = pipeline.evaluate(
+        compose(
+            "evaluate",
+            _overrides(
+                tmp_path, tiny_bert, squad_dir, "compressor=layer_drop", "task.null_score_diff_threshold=0"
+            ),
+        )
+    )
+    assert all(fixed["cached"].values()) and "tiny_ref/validation" not in fixed["cached"]
+    assert fixed["metrics"]["qa/tiny_ref/null_threshold"] == 0.0
 
     # the same checkpoints on an OOD QA set (COVID-QA layout): distribution (best span vs no-answer score)
     # and representation ([CLS] of the first window)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from trustequiv.functional.squad import (
+    best_null_threshold,
     exact_match,
     f1_score,
     normalize_answer,
@@ -111,11 +112,68 @@ def test_postprocess_picks_best_valid_span_and_null():
     start[0, 0], end[0, 0] = 5.0, 5.0  # null 10 > 8 -> no answer
     q = postprocess_question(context, start, end, offsets)
     assert q.text == "" and q.score_diff == pytest.approx(2.0)
+    assert q.span_text == "France"  # what a threshold >= 2 would answer
     assert postprocess_question(context, start, end, offsets, null_score_diff_threshold=3.0).text == "France"
     end[0, 8], end[0, 3] = -5.0, 6.0  # end before start is invalid; best is then start 3 ("Paris") to end 3
     start[0, 3] = 3.0
     r = postprocess_question(context, start, end, offsets, null_score_diff_threshold=100.0)
     assert r.text == "Paris"
+
+
+def official_find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
+    """evaluate-v2.0.py's find_best_thresh, verbatim."""
+    num_no_ans = sum(1 for k in qid_to_has_ans if not qid_to_has_ans[k])
+    cur_score = num_no_ans
+    best_score = cur_score
+    best_thresh = 0.0
+    qid_list = sorted(na_probs, key=lambda k: na_probs[k])
+    for qid in qid_list:
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            if preds[qid]:  # noqa: SIM108 (verbatim)
+                diff = -1
+            else:
+                diff = 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / len(scores), best_thresh
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_null_threshold_matches_official(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    diff = rng.normal(size=n).round(1)  # ties included
+    has = rng.random(n) < 0.5
+    f1 = np.where(rng.random(n) < 0.3, 0.0, rng.random(n)).round(2)
+    nonempty = rng.random(n) < 0.9
+    qids = [f"q{i}" for i in range(n)]
+    want = official_find_best_thresh(
+        {q: "x" if nonempty[i] else "" for i, q in enumerate(qids)},
+        {q: float(f1[i]) for i, q in enumerate(qids)},
+        {q: float(diff[i]) for i, q in enumerate(qids)},
+        {q: bool(has[i]) for i, q in enumerate(qids)},
+    )
+    score, threshold = best_null_threshold(diff, f1, has, nonempty)
+    assert score * 100 == pytest.approx(want[0]) and threshold == want[1]
+
+
+def test_best_null_threshold_known_answer():
+    # answerable q0 (diff -1, F1 1), unanswerable q1 (diff 0.5, has a span), answerable q2 (diff 2, F1 1):
+    # answering q0 only and answering all both get 2 of 3 right; the tie keeps the lower threshold
+    score, threshold = best_null_threshold([-1.0, 0.5, 2.0], [1.0, 0.0, 1.0], [True, False, True], [True] * 3)
+    assert threshold == -1.0 and score == pytest.approx(2 / 3)
+    score, threshold = best_null_threshold(
+        [-1.0, 0.5, 2.0], [1.0, 0.0, 0.5], [True, False, False], [True] * 3
+    )
+    assert threshold == -1.0 and score == pytest.approx(3 / 3)
+    with pytest.raises(ValueError):
+        best_null_threshold([], [], [], [])
 
 
 # ---------------------------------------------------------------- local loaders

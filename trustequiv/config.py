@@ -39,6 +39,28 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+class Terminated(SystemExit):
+    """SIGTERM (what ``kill`` and schedulers send), raised where the program is, like Ctrl-C's
+    KeyboardInterrupt; exit status 143 (128 + 15)."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop the run at once with a non-zero status.
+
+    Lightning's own SIGTERM handling waits for the batch to end and then exits with status 0, which looks
+    like success to a scheduler. Raising instead unwinds through the same paths as Ctrl-C: a fine-tuning
+    run leaves its checkpoint staged, not moved into place; finished outputs, prediction batches and attack
+    outcomes stay in the cache, so the same command resumes.
+    """
+    import signal
+
+    def handler(signum, frame):
+        log.warning("SIGTERM received: stopping; what is finished is kept, rerun the same command to resume")
+        raise Terminated(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def quiet_third_party() -> None:
     """Keep W&B offline-by-default and silence tokenizer fork warnings before anything imports them."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

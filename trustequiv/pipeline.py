@@ -25,7 +25,14 @@ from trustequiv.models import (
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 from trustequiv.prediction import predict_outputs
-from trustequiv.qa import fine_tune_qa, is_qa, load_qa_model, predict_qa_outputs
+from trustequiv.qa import (
+    apply_null_threshold,
+    fine_tune_qa,
+    is_qa,
+    load_qa_model,
+    null_threshold_for,
+    predict_qa_outputs,
+)
 from trustequiv.reporting import (
     headline_rows,
     pair_findings,
@@ -357,6 +364,22 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
     return sets
 
 
+def _qa_thresholding(task_cfg, dataset, run, name: str):
+    """For extractive QA: the function that decides one model's answers at its no-answer threshold (the
+    configured number, or chosen on the validation split: ``task.null_score_diff_threshold=validation``)."""
+
+    def validation():
+        if "validation" not in dataset:
+            raise ValueError(
+                f"task {task_cfg['name']}: null_score_diff_threshold=validation needs a validation split; "
+                f"it has {list(dataset)} (set a number instead)"
+            )
+        return run(dataset["validation"], task_cfg, "validation", f"{name}/validation")
+
+    info = null_threshold_for(task_cfg, validation)
+    return lambda out: apply_null_threshold(out, info["null_score_diff_threshold"], info)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Compare the reference with each candidate on the task's evaluation split(s).
 
@@ -426,35 +449,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             return loaded_box[0]
 
         fps[spec.name], loads[spec.name], boxes[spec.name] = fp, load, loaded_box
-        ood_outputs: dict[str, ModelOutputs] = {}
-        for ood_name, (ood_task, ood_data) in ood.items():
-            ood_outputs[ood_name], was_cached = predict(
-                spec.name,
-                fp,
-                load,
-                ood_data,
-                task_cfg=ood_task,
-                split=ood_name.rpartition("/")[2],
-                cache=cache,
-                trainer_cfg=_plain(cfg.trainer),
-                predict_cfg=predict_cfg,
-                declared_label_names=spec.label_names,
-            )
-            cached[f"{spec.name}/{ood_name}"] = was_cached
-        for split, data in split_data.items():
+
+        def run(data, task, split, key, spec=spec, fp=fp, load=load):
             out, was_cached = predict(
                 spec.name,
                 fp,
                 load,
                 data,
-                task_cfg=task_cfg,
+                task_cfg=task,
                 split=split,
                 cache=cache,
                 trainer_cfg=_plain(cfg.trainer),
                 predict_cfg=predict_cfg,
                 declared_label_names=spec.label_names,
             )
-            cached[f"{spec.name}/{split}"] = was_cached
+            cached[key] = was_cached
+            return out
+
+        post = _qa_thresholding(task_cfg, dataset, run, spec.name) if is_qa(task_cfg) else (lambda out: out)
+        ood_outputs: dict[str, ModelOutputs] = {}
+        for ood_name, (ood_task, ood_data) in ood.items():
+            split = ood_name.rpartition("/")[2]
+            ood_outputs[ood_name] = post(run(ood_data, ood_task, split, f"{spec.name}/{ood_name}"))
+        for split, data in split_data.items():
+            out = post(run(data, task_cfg, split, f"{spec.name}/{split}"))
             if ood_outputs:
                 out = dataclasses.replace(out, extras={**out.extras, "ood": ood_outputs})
             for char in characteristics:

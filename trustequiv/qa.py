@@ -8,7 +8,10 @@ positions of the first gold answer in a window that contains it, else the [CLS] 
 unanswerable question, or a window without the answer. Post-processing is
 :func:`trustequiv.functional.squad.postprocess_question` (n-best spans over all windows, null score =
 [CLS] start + end logit, "" when ``null - best > null_score_diff_threshold``); EM and F1 are the official
-SQuAD 2.0 definitions (:func:`trustequiv.functional.squad.squad_v2_scores`).
+SQuAD 2.0 definitions (:func:`trustequiv.functional.squad.squad_v2_scores`). Outputs are cached without a
+threshold (each question keeps its best span and ``null - best``); the pipeline applies one per model
+(:func:`apply_null_threshold`): the configured number, or with ``null_score_diff_threshold: validation`` the
+official evaluation's best-F1 threshold on the validation split (:func:`choose_null_threshold`).
 
 What the characteristics receive (:class:`trustequiv.outputs.ModelOutputs`, one row per question):
 
@@ -21,7 +24,8 @@ What the characteristics receive (:class:`trustequiv.outputs.ModelOutputs`, one 
 - ``correct (N,)``: exact match = 1; ``errors`` takes EM = 0 as the error set.
 - ``embeddings (N, D)``: the [CLS] state of the question's first window (``representation``).
 - ``extras["qa"]``: ``prediction`` (answer texts), ``exact`` (0/1), ``f1`` ([0, 1]), ``has_answer``; the
-  ``qa`` characteristic reports EM / F1 from them.
+  ``qa`` characteristic reports EM / F1 from them. Also ``span_text`` / ``span_exact`` / ``span_f1`` (the best
+  non-null span, answered or not) and ``score_diff``; ``extras["qa_threshold"]``: how the threshold was set.
 
 Prediction runs windows in length-sorted batches (dynamic padding) on one device; each finished batch's
 window logits are written to the cache's partial dir, so a killed prediction resumes with the windows not yet
@@ -44,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from trustequiv.cache import OutputCache, PartialPredictionWriter, content_key
 from trustequiv.data import LengthSortedBatchSampler
-from trustequiv.functional.squad import postprocess_question, squad_v2_scores
+from trustequiv.functional.squad import best_null_threshold, postprocess_question, squad_v2_scores
 from trustequiv.models import (
     LoadedModel,
     load_checkpoint,
@@ -58,7 +62,7 @@ from trustequiv.training import Recipe, fine_tune, optimizer_settings
 log = logging.getLogger(__name__)
 
 #: bump when the QA prediction's semantics change.
-QA_CACHE_VERSION = 1
+QA_CACHE_VERSION = 2  # 2: threshold-free outputs with the best span of each question
 NO_VALID_SPAN_MARGIN = 100.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _QA_TENSORS = ("feature", "start_logits", "end_logits", "embeddings")  # per window, written batch by batch
@@ -226,14 +230,97 @@ def load_qa_model(
 
 # ---------------------------------------------------------------- prediction
 def qa_settings(task_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings QA outputs depend on, with their defaults (part of the cache key)."""
+    """The settings QA outputs depend on, with their defaults (part of the cache key). The no-answer
+    threshold is not one of them: it is applied to the cached outputs (:func:`apply_null_threshold`)."""
     return {
         "max_length": int(task_cfg.get("max_length", 384)),
         "doc_stride": int(task_cfg.get("doc_stride", 128)),
         "n_best": int(task_cfg.get("n_best", 20)),
         "max_answer_length": int(task_cfg.get("max_answer_length", 30)),
-        "null_score_diff_threshold": float(task_cfg.get("null_score_diff_threshold", 0.0)),
     }
+
+
+def null_threshold_setting(task_cfg: Mapping[str, Any]) -> float | str:
+    """``task.null_score_diff_threshold``: a number, or ``"validation"`` (per model, the official best-F1
+    threshold on the task's validation split).
+
+    Raises:
+        ValueError: neither a number nor ``"validation"``.
+    """
+    value = task_cfg.get("null_score_diff_threshold", 0.0)
+    if isinstance(value, str) and value == "validation":
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"task.null_score_diff_threshold must be a number or 'validation', got {value!r}"
+        ) from None
+
+
+def choose_null_threshold(validation: ModelOutputs) -> dict[str, Any]:
+    """The official SQuAD 2.0 best-F1 no-answer threshold of one model on its validation outputs
+    (threshold-free, from :func:`predict_qa_outputs`): ``{"null_score_diff_threshold", "chosen_on",
+    "validation_f1", "validation_f1_at_0"}`` (F1 in [0, 1])."""
+    qa = validation.extras["qa"]
+    f1, threshold = best_null_threshold(
+        qa["score_diff"], qa["span_f1"], qa["has_answer"], [bool(t) for t in qa["span_text"]]
+    )
+    at_zero = apply_null_threshold(validation, 0.0).extras["qa"]["f1"]
+    return {
+        "null_score_diff_threshold": threshold,
+        "chosen_on": "validation (official best-F1 threshold)",
+        "validation_f1": f1,
+        "validation_f1_at_0": float(np.mean(at_zero)),
+    }
+
+
+def null_threshold_for(
+    task_cfg: Mapping[str, Any], predict_validation: Callable[[], ModelOutputs]
+) -> dict[str, Any]:
+    """How one model's answers are thresholded: the configured number, or (``"validation"``) the best-F1
+    threshold on its validation outputs, which ``predict_validation`` returns (threshold-free, cached)."""
+    setting = null_threshold_setting(task_cfg)
+    if setting != "validation":
+        return {"null_score_diff_threshold": float(setting), "chosen_on": "config"}
+    info = choose_null_threshold(predict_validation())
+    log.info(
+        "no-answer threshold %.3f chosen on validation (F1 %.3f; %.3f at threshold 0)",
+        info["null_score_diff_threshold"],
+        info["validation_f1"],
+        info["validation_f1_at_0"],
+    )
+    return info
+
+
+def apply_null_threshold(
+    out: ModelOutputs, threshold: float, info: Mapping[str, Any] | None = None
+) -> ModelOutputs:
+    """QA outputs with answers decided at ``threshold``: a question is answered with its best span when
+    ``null_score - best_span_score <= threshold``, else "" (official SQuAD 2.0 rule); EM / F1 / ``correct``
+    follow, and the answer logit is shifted by ``threshold`` so argmax and softmax describe the thresholded
+    decision. ``info`` (how the threshold was set) is kept under ``extras["qa_threshold"]``."""
+    qa = out.extras["qa"]
+    diff = np.asarray(qa["score_diff"], dtype=float)
+    answered = diff <= threshold
+    has = np.asarray(qa["has_answer"], dtype=bool)
+    exact = np.where(answered, qa["span_exact"], (~has).astype(float))
+    f1 = np.where(answered, qa["span_f1"], (~has).astype(float))
+    logits = out.logits.clone()
+    logits[:, 1] += threshold
+    extras = {
+        **out.extras,
+        "qa": {
+            **qa,
+            "prediction": [t if a else "" for t, a in zip(qa["span_text"], answered, strict=True)],
+            "exact": exact.astype(int).tolist(),
+            "f1": f1.tolist(),
+        },
+        "qa_threshold": dict(info or {"null_score_diff_threshold": float(threshold), "chosen_on": "config"}),
+    }
+    return dataclasses.replace(
+        out, logits=logits, correct=torch.from_numpy(exact.astype(bool)), extras=extras
+    )
 
 
 def qa_outputs_from_logits(
@@ -256,7 +343,7 @@ def qa_outputs_from_logits(
         by_example.setdefault(feat["example"], []).append(f)
     n = len(split_data)
     contexts, golds = list(split_data["context"]), list(split_data["answers"])
-    texts, logits = [], np.zeros((n, 2), dtype=np.float32)
+    spans, diffs, logits = [], [], np.zeros((n, 2), dtype=np.float32)
     emb_rows = []
     for i in range(n):
         feats = by_example[i]
@@ -272,32 +359,33 @@ def qa_outputs_from_logits(
             [features[f]["offsets"] for f in feats],
             n_best=settings["n_best"],
             max_answer_length=settings["max_answer_length"],
-            null_score_diff_threshold=settings["null_score_diff_threshold"],
         )
         best = pred.best_span_score
         if not np.isfinite(best):
             best = pred.null_score - NO_VALID_SPAN_MARGIN
         logits[i] = (pred.null_score, best)
-        texts.append(pred.text)
+        spans.append(pred.span_text)
+        diffs.append(float(pred.null_score - best))
         emb_rows.append(feats[0])
-    scores = squad_v2_scores(golds, texts)
-    return ModelOutputs(
+    span_scores = squad_v2_scores(golds, spans)  # of the best span, answered or not
+    raw = ModelOutputs(
         name=name,
         example_ids=torch.tensor([int(x) for x in split_data["id"]], dtype=torch.long),
         logits=torch.from_numpy(logits),
-        labels=torch.from_numpy(scores.has_answer.astype(np.int64)),
+        labels=torch.from_numpy(span_scores.has_answer.astype(np.int64)),
         label_names=label_names,
         embeddings=None if cls_embeddings is None else cls_embeddings[emb_rows].float(),
-        correct=torch.from_numpy(scores.exact_per_example.astype(bool)),
         extras={
             "qa": {
-                "prediction": texts,
-                "exact": scores.exact_per_example.tolist(),
-                "f1": scores.f1_per_example.tolist(),
-                "has_answer": scores.has_answer.tolist(),
+                "span_text": spans,
+                "span_exact": span_scores.exact_per_example.tolist(),
+                "span_f1": span_scores.f1_per_example.tolist(),
+                "score_diff": diffs,
+                "has_answer": span_scores.has_answer.tolist(),
             }
         },
     )
+    return apply_null_threshold(raw, float(settings.get("null_score_diff_threshold", 0.0)))
 
 
 def predict_qa_outputs(

@@ -77,7 +77,24 @@ class QACharacteristic(Characteristic):
             m[f"{outputs.name}/has_ans_exact"] = float(qa["exact"][has].mean())
         if (~has).any():
             m[f"{outputs.name}/no_ans_exact"] = float(qa["exact"][~has].mean())
-        return CharacteristicResult(metrics=m)
+        notes = []
+        threshold = outputs.extras.get("qa_threshold")
+        if threshold:
+            m[f"{outputs.name}/null_threshold"] = float(threshold["null_score_diff_threshold"])
+            m[f"{outputs.name}/answered_share"] = float(np.mean([bool(p) for p in qa["prediction"]]))
+            if "validation_f1" in threshold:
+                m[f"{outputs.name}/validation_f1"] = float(threshold["validation_f1"])
+                t, f1, f1_0 = (
+                    threshold["null_score_diff_threshold"],
+                    threshold["validation_f1"],
+                    threshold["validation_f1_at_0"],
+                )
+                notes.append(
+                    f"{outputs.name}: no-answer threshold {t:.3f} (null score - best span score), chosen on "
+                    f"the validation split as the official SQuAD 2.0 evaluation's best-F1 threshold "
+                    f"(validation F1 {f1:.3f}; {f1_0:.3f} at 0)"
+                )
+        return CharacteristicResult(metrics=m, notes=notes)
 
     def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
         """``<pair>/exact_diff``, ``/f1_diff`` (+ ``_ci_low`` / ``_ci_high``) and ``/answer_agreement``."""

@@ -148,6 +148,8 @@ class SpanPrediction:
         best_span_score: start + end logit of the best non-null span (-inf if none is valid).
         null_score: start + end logit at [CLS] (the minimum over the question's features).
         score_diff: ``null_score - best_span_score`` (higher = more confident there is no answer).
+        span_text: the best non-null span's text even when the answer is "" ("" if no span is valid); what
+            a lower threshold would answer (:func:`best_null_threshold` needs it).
     """
 
     text: str
@@ -156,6 +158,7 @@ class SpanPrediction:
     best_span_score: float
     null_score: float
     score_diff: float
+    span_text: str = ""
 
 
 def postprocess_question(
@@ -202,6 +205,51 @@ def postprocess_question(
                 if score > best[0]:
                     best = (score, off[i][0], off[j][1])
     diff = null - best[0]
+    span = context[best[1] : best[2]] if best[1] >= 0 else ""
     if best[1] < 0 or diff > null_score_diff_threshold:
-        return SpanPrediction("", -1, -1, best[0], null, diff)
-    return SpanPrediction(context[best[1] : best[2]], best[1], best[2], best[0], null, diff)
+        return SpanPrediction("", -1, -1, best[0], null, diff, span)
+    return SpanPrediction(span, best[1], best[2], best[0], null, diff, span)
+
+
+def best_null_threshold(
+    score_diff: Sequence[float],
+    span_scores: Sequence[float],
+    has_answer: Sequence[bool],
+    span_nonempty: Sequence[bool],
+) -> tuple[float, float]:
+    """The no-answer threshold that maximises a SQuAD 2.0 score, as the official evaluation's
+    ``find_best_thresh`` finds it (``evaluate-v2.0.py``, Rajpurkar et al. 2018).
+
+    A question is answered with its best span when ``score_diff <= threshold`` and abstains otherwise. Start
+    from "abstain on everything" (score = the unanswerable questions), switch questions to answered in order
+    of increasing ``score_diff`` and keep the best running score; ties keep the lower threshold, and 0.0 stays
+    the threshold when no switch helps.
+
+    Args:
+        score_diff: ``(N,)`` null score - best span score per question (the official ``na_prob``).
+        span_scores: ``(N,)`` EM or F1 (in [0, 1]) of the best non-null span against the gold answers.
+        has_answer: ``(N,)`` whether the question is answerable.
+        span_nonempty: ``(N,)`` whether a valid span exists (answering "" on an unanswerable question is
+            still right).
+
+    Returns:
+        ``(best_score, threshold)``: the score in [0, 1] over all N questions and the threshold.
+
+    Raises:
+        ValueError: lengths differ or N = 0.
+    """
+    diff = np.asarray(score_diff, dtype=float)
+    n = diff.shape[0]
+    if n == 0 or not (len(span_scores) == len(has_answer) == len(span_nonempty) == n):
+        raise ValueError(
+            "score_diff, span_scores, has_answer and span_nonempty must be non-empty, equal length"
+        )
+    has = np.asarray(has_answer, dtype=bool)
+    gain = np.where(has, np.asarray(span_scores, dtype=float), -np.asarray(span_nonempty, dtype=float))
+    cur = best = float((~has).sum())
+    threshold = 0.0
+    for k in np.argsort(diff, kind="stable"):
+        cur += gain[k]
+        if cur > best:
+            best, threshold = cur, float(diff[k])
+    return best / n, threshold
