@@ -380,3 +380,42 @@ def test_budgeted_rerun_reuses_exactly_the_outcomes_a_fresh_budgeted_attack_find
     assert [{k: r.get(k) for k in keep} for r in reused["records"]] == [
         {k: r.get(k) for k in keep} for r in fresh["records"]
     ]
+
+
+def test_lazy_bert_attack_swap_gives_textattacks_substitutes(tmp_path):
+    """Same substitutes as TextAttack's WordSwapMaskedLM (bert-attack), multi-sub-word words included."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    from plugins.characteristics.adversarial_env import import_textattack
+    from plugins.characteristics.adversarial_swap import lazy_bert_attack_swap_class
+
+    import_textattack()
+    from textattack.shared import AttackedText
+    from textattack.transformations import WordSwapMaskedLM
+
+    pieces = ["un", "##believ", "##ab", "##ly", "good", "bad", "movie", "x", "##y", "##z", "##zz", ".", ","]
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]) + "\n"
+    )
+    tok = BertTokenizerFast.from_pretrained(tmp_path, do_lower_case=True)
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(pieces) + 5,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).eval()
+    kwargs = dict(
+        method="bert-attack", masked_language_model=mlm, tokenizer=tok, max_candidates=4, max_length=32
+    )
+    ours, theirs = lazy_bert_attack_swap_class()(**kwargs), WordSwapMaskedLM(**kwargs)
+    text = AttackedText("good unbelievably movie xyzzz bad")
+    assert [len(tok.encode(w, add_special_tokens=False)) for w in text.words] == [1, 4, 1, 4, 1]
+    every = list(range(len(text.words)))
+    want = [t.text for t in theirs._get_transformations(text, every)]
+    got = [t.text for t in ours._get_transformations(text, every)]
+    assert got == want and len(want) > 8

@@ -17,6 +17,8 @@ max_candidates=8)``, ``RepeatModification``, ``StopwordModification`` (NLTK list
 ``UniversalSentenceEncoder(threshold=0.2, metric="cosine", compare_against_original=True, window_size=None)``,
 ``UntargetedClassification``, ``GreedyWordSwapWIR("unk")``. Built here by hand so that each part can be local:
 
+- the word swap is TextAttack's, in :mod:`adversarial_swap`'s subclass that gives the same substitutes without
+  enumerating every sub-word combination of a long word (which stalled IMDB attacks for many minutes);
 - substitutes: ``masked_lm`` (default ``bert-base-uncased`` from the hub); when it cannot be loaded
   (offline), ``offline_masked_lm`` (a local ``BertForMaskedLM`` dir, e.g. the one :mod:`adversarial_mlm`
   fits from MiniLM);
@@ -182,7 +184,6 @@ def build_attack(
     )
     from textattack.goal_functions import UntargetedClassification
     from textattack.search_methods import GreedyWordSwapWIR
-    from textattack.transformations import WordSwapMaskedLM
 
     budget = float("inf") if query_budget is None else int(query_budget)
     info: dict[str, Any] = {"recipe": recipe, "query_budget": query_budget}
@@ -195,9 +196,12 @@ def build_attack(
         attack.goal_function.batch_size = model_batch_size
         info["construction"] = f"textattack {ATTACK_RECIPE_NAMES[recipe]}.build"
         return attack, info
+    from plugins.characteristics.adversarial_swap import lazy_bert_attack_swap_class
+
     mlm, tok, mlm_info = load_masked_lm(masked_lm, offline_masked_lm)
     info.update(mlm_info)
-    transformation = WordSwapMaskedLM(
+    # TextAttack's WordSwapMaskedLM, same substitutes, without enumerating 8^n sub-word combinations
+    transformation = lazy_bert_attack_swap_class()(
         method="bert-attack",
         masked_language_model=mlm,
         tokenizer=tok,
