@@ -173,3 +173,32 @@ def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data
         again["metrics"][f"attribution_lime/{pair}/jaccard"]
         == first["metrics"][f"attribution_lime/{pair}/jaccard"]
     )
+
+
+def test_killed_run_resumes_with_the_seeds_not_done(tiny_bert, tmp_path, monkeypatch):
+    """Each finished seed is kept: a rerun after a kill explains only the other seeds: same result."""
+    kwargs = dict(num_samples=30, seeds=[42, 43, 44], **FAST)
+    whole = collect_for(LimeAttribution(**kwargs), tiny_bert, 0, "ref").extras["attribution_lime"]
+    char = LimeAttribution(**kwargs, runs_dir=str(tmp_path))
+    real, calls = char._attribute, []
+
+    def dies_on_third(feats, model, task, seed, *args):
+        calls.append(seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(feats, model, task, seed, *args)
+
+    monkeypatch.setattr(char, "_attribute", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        collect_for(char, tiny_bert, 0, "ref")
+    assert sorted(p.name for p in tmp_path.glob("*/*.json")) == ["42.json", "43.json"]
+    calls.clear()
+    resumed = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
+    assert calls == [44]
+    assert resumed["runs"] == whole["runs"]
+    assert resumed["perturbed_texts"] == whole["perturbed_texts"]
+    # an unreadable seed file is set aside and recomputed
+    (next(tmp_path.glob("*/43.json"))).write_text("{not json")
+    calls.clear()
+    again = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
+    assert calls == [43] and again["runs"] == whole["runs"]

@@ -15,9 +15,11 @@ rank agreement, per example and per seed; reported as the mean over runs with th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +33,7 @@ from plugins.characteristics.attribution.perturb import (
     WordFeatures,
     word_keys,
 )
+from trustequiv.cache import content_key
 from trustequiv.characteristic import Characteristic, pair_name
 from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
 from trustequiv.functional.bootstrap import paired_bootstrap
@@ -61,6 +64,25 @@ def _devices(model: Any, devices: Sequence[str] | None) -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
+def _read_run(path: Path) -> dict[str, Any] | None:
+    """A finished seed's attributions, or None (absent; an unreadable file is set aside and recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("unreadable attribution run %s: moved to %s.corrupt and recomputed", path, path.name)
+        path.replace(path.with_name(path.name + ".corrupt"))
+        return None
+
+
+def _write_run(path: Path, run: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run))
+    tmp.replace(path)  # atomic: a kill leaves the old state or the whole file
+
+
 class AttributionCharacteristic(Characteristic):
     """Base of the attribution characteristics (subclasses implement :meth:`_attribute`).
 
@@ -81,6 +103,9 @@ class AttributionCharacteristic(Characteristic):
         n_bootstrap, confidence, bootstrap_seed: the interval over examples.
         n_figure_examples: examples shown as word heatmaps (the lowest Jaccard, or ``figure_examples``).
         figure_examples: explicit example ids for the heatmaps.
+        runs_dir: where each finished seed's attributions are kept (JSON per model, config and seed), so
+            a killed run resumes with the seeds not yet done (config: ``${paths.cache_dir}/attributions``);
+            null: nothing is kept between runs but the pipeline's cache of the finished result.
     """
 
     name = "attribution"
@@ -106,6 +131,7 @@ class AttributionCharacteristic(Characteristic):
         bootstrap_seed: int = 42,
         n_figure_examples: int = 3,
         figure_examples: Sequence[int] | None = None,
+        runs_dir: str | None = None,
     ) -> None:
         if explained_class not in ("gold", "prediction", "reference_prediction"):
             raise ValueError(
@@ -132,6 +158,7 @@ class AttributionCharacteristic(Characteristic):
         )
         self.n_figure_examples = int(n_figure_examples)
         self.figure_examples = [int(i) for i in figure_examples] if figure_examples else None
+        self.runs_dir = Path(runs_dir) if runs_dir else None
 
     # ------------------------------------------------------------------ per model (cached)
     def method_config(self) -> dict[str, Any]:
@@ -189,37 +216,68 @@ class AttributionCharacteristic(Characteristic):
             max_batch=self.max_batch,
             devices=devices,
         )
-        started = time.perf_counter()
-        runs: dict[str, Any] = {}
-        error = None
-        for seed in [0] if self.deterministic else self.seeds:
-            try:
-                attrs = self._attribute(feats, model, task, seed, n_classes, predictor)
-            except RuntimeError as err:  # e.g. IG through int8 dynamic quantization (no autograd)
-                error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                log.warning("%s on %s failed: %s", self.name, getattr(model, "directory", "?"), error)
-                break
-            runs[str(seed)] = [np.round(a, 8).tolist() for a in attrs]
-        seconds = time.perf_counter() - started
-        log.info(
-            "%s: %d examples, %d runs, %.1f s, %d perturbed texts (%d unique, %d tokens)",
-            self.name,
-            len(feats),
-            len(runs),
-            seconds,
-            predictor.n_texts,
-            predictor.n_unique,
-            predictor.n_tokens,
+        run_dir = (
+            None
+            if self.runs_dir is None
+            else self.runs_dir
+            / content_key(
+                config=dict(self.cache_config()),
+                checkpoint=getattr(model, "fingerprint", None),
+                task=task.get("name"),
+                max_length=int(task.get("max_length", 128)),
+                ids=[f.example_id for f in feats],
+            )
         )
+        runs: dict[str, Any] = {}
+        totals = dict.fromkeys(("seconds", "perturbed_texts", "unique_texts", "perturbed_tokens"), 0.0)
+        error = None
+        seeds = [0] if self.deterministic else self.seeds
+        for k, seed in enumerate(seeds):
+            done = None if run_dir is None else _read_run(run_dir / f"{seed}.json")
+            kept = done is not None
+            if not kept:
+                before = (predictor.n_texts, predictor.n_unique, predictor.n_tokens)
+                started = time.perf_counter()
+                try:
+                    attrs = self._attribute(feats, model, task, seed, n_classes, predictor)
+                except RuntimeError as err:  # e.g. IG through int8 dynamic quantization (no autograd)
+                    error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                    log.warning("%s on %s failed: %s", self.name, getattr(model, "directory", "?"), error)
+                    break
+                done = {
+                    "attributions": [np.round(a, 8).tolist() for a in attrs],
+                    "seconds": time.perf_counter() - started,
+                    "perturbed_texts": predictor.n_texts - before[0],
+                    "unique_texts": predictor.n_unique - before[1],
+                    "perturbed_tokens": predictor.n_tokens - before[2],
+                }
+                if run_dir is not None:
+                    _write_run(run_dir / f"{seed}.json", done)
+            runs[str(seed)] = done["attributions"]
+            for key in totals:
+                totals[key] += done[key]
+            log.info(
+                "%s: seed %s (%d of %d), %d examples, %.1f s%s, %d perturbed texts (%d unique, %d tokens)",
+                self.name,
+                seed,
+                k + 1,
+                len(seeds),
+                len(feats),
+                done["seconds"],
+                " (kept from an earlier run)" if kept else "",
+                done["perturbed_texts"],
+                done["unique_texts"],
+                done["perturbed_tokens"],
+            )
         return {
             "method": self.method,
             "examples": [{"id": f.example_id, "words": f.words, "segments": f.segments} for f in feats],
             "runs": runs,
             "error": error,
-            "seconds": seconds,
-            "perturbed_texts": predictor.n_texts,
-            "unique_texts": predictor.n_unique,
-            "perturbed_tokens": predictor.n_tokens,
+            "seconds": totals["seconds"],
+            "perturbed_texts": int(totals["perturbed_texts"]),
+            "unique_texts": int(totals["unique_texts"]),
+            "perturbed_tokens": int(totals["perturbed_tokens"]),
         }
 
     # ------------------------------------------------------------------ reports
