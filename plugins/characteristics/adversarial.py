@@ -349,6 +349,32 @@ def read_jsonl(path: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+class _Progress:
+    """A log line at most every ``every`` seconds (and at the end): attacks on long texts take minutes
+    each, and the line reaches log files, where a terminal progress bar would not."""
+
+    def __init__(self, total: int, every: float = 60.0) -> None:
+        self.total, self.every, self.n = total, every, 0
+        self.counts: dict[str, int] = {}
+        self.started = self.last = time.time()
+
+    def update(self, rec: Mapping[str, Any]) -> None:
+        self.n += 1
+        self.counts[rec["status"]] = self.counts.get(rec["status"], 0) + 1
+        now = time.time()
+        if now - self.last >= self.every or self.n == self.total:
+            self.last = now
+            rate = (now - self.started) / self.n
+            log.info(
+                "attack: %d of %d (%s), %.1f s per example, ~%.0f min to go",
+                self.n,
+                self.total,
+                ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())),
+                rate,
+                rate * (self.total - self.n) / 60,
+            )
+
+
 def run_attack(
     attack: Any,
     jobs: Sequence[tuple[int, int, str, str | None]],
@@ -381,6 +407,7 @@ def run_attack(
                     len(copied),
                     len(todo),
                 )
+        progress = _Progress(len(todo))
         if num_workers > 1 and len(todo) > 1:
             import multiprocessing as mp
 
@@ -389,12 +416,14 @@ def run_attack(
                     fh.write(json.dumps(rec) + "\n")
                     fh.flush()
                     done[rec["id"]] = rec
+                    progress.update(rec)
         else:
             for job in todo:
                 rec = _worker_attack(job)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 done[rec["id"]] = rec
+                progress.update(rec)
     return [done[j[0]] for j in jobs]
 
 
