@@ -202,3 +202,23 @@ def test_killed_run_resumes_with_the_seeds_not_done(tiny_bert, tmp_path, monkeyp
     calls.clear()
     again = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
     assert calls == [43] and again["runs"] == whole["runs"]
+
+
+def test_ig_of_an_int8_model_runs_through_its_dequantized_weights(tiny_bert):
+    """Dynamic int8 Linear has no autograd: IG uses an fp32 twin holding the int8 weights."""
+    from plugins.characteristics.attribution.explainers import differentiable_twin
+
+    model, tok = tiny_classifier(tiny_bert, 0)
+    int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    assert differentiable_twin(model) == (model, False)
+    twin, made = differentiable_twin(int8)
+    assert made and not any("quantized" in type(m).__module__ for m in twin.modules())
+    enc = tok(PREMISE, HYPOTHESIS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        p_int8 = torch.softmax(int8(**enc).logits, -1)
+        p_twin = torch.softmax(twin(**enc).logits, -1)
+    assert torch.allclose(p_twin, p_int8, atol=0.05)  # the same weights; only activation rounding differs
+    m = LoadedModel(int8, tok, [0, 1], tiny_bert, "fp-int8", {})
+    probs = np.full((3, 2), 0.5, dtype=np.float32)
+    ex = IgAttribution(n_steps=4, **FAST).collect(m, outputs("int8", m, {"_pred": probs}), data(), TASK)
+    assert ex["error"] is None and len(ex["runs"]["0"]) == 3

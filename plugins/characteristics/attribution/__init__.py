@@ -550,10 +550,21 @@ class IgAttribution(AttributionCharacteristic):
         )
 
     def method_config(self) -> dict[str, Any]:
-        return {"n_steps": self.n_steps, "baseline": "pad"}
+        # int8 dynamic quantization: through the dequantized int8 weights (explainers.differentiable_twin)
+        return {"n_steps": self.n_steps, "baseline": "pad", "int8": "dequantized_weights"}
+
+    def notes(self) -> list[str]:
+        return [
+            *super().notes(),
+            "IG of an int8 (dynamically quantized) model runs through an fp32 copy with its int8 weights "
+            "dequantized: activation quantization has no gradient and is left out of IG (LIME and SHAP "
+            "see the int8 model itself)",
+        ]
 
     def _attribute(self, feats, loaded, task, seed, n_classes, predictor):
-        net = predictor.models[0]
+        net, twin = explainers.differentiable_twin(predictor.models[0])
+        if twin:
+            log.info("%s: int8 model, attributing through its dequantized weights", self.name)
         with torch.enable_grad():
             return explainers.ig_attributions(
                 feats,

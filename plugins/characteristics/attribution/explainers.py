@@ -189,6 +189,31 @@ def shap_attributions(
     return _run_two_pass(feats, predict, explain_one, mask_token, n_classes, stop_early=False)
 
 
+def differentiable_twin(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """``(model, False)`` when it can be differentiated, else ``(copy, True)``: a copy whose dynamically
+    quantized int8 Linear layers (``torch.ao.nn.quantized.dynamic.Linear``, no autograd) are fp32 Linear
+    layers holding the SAME int8 weights, dequantized. The activations' dynamic quantization, which has no
+    gradient, is left out: integrated gradients then follow the int8 weights, not activation rounding."""
+    import copy
+
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+
+    if not any(isinstance(m, DynamicQuantLinear) for m in model.modules()):
+        return model, False
+    twin = copy.deepcopy(model)
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DynamicQuantLinear):
+                weight, bias = child.weight().dequantize(), child.bias()
+                linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+                with torch.no_grad():
+                    linear.weight.copy_(weight)
+                    if bias is not None:
+                        linear.bias.copy_(bias)
+                setattr(parent, name, linear)
+    return twin.eval(), True
+
+
 def ig_attributions(
     feats: Sequence[WordFeatures],
     model: torch.nn.Module,
