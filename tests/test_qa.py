@@ -253,7 +253,7 @@ def test_qa_train_evaluate_and_cache(squad_dir, tiny_bert, tmp_path, monkeypatch
         assert key in res["metrics"], key
 
 
-@pytest.mark.parametrize("name", ["squad2", "subjqa", "covid_qa"])
+@pytest.mark.parametrize("name", ["squad2", "subjqa", "covid_qa", "newsqa"])
 def test_qa_task_configs(name):
     import hydra
 
@@ -281,6 +281,76 @@ def test_squad2_ood_sets_on_real_data():
     assert {k: len(v) for k, v in dd.items()} == {"train": 4450, "validation": 486, "test": 1142}
     sets = pipeline.ood_sets(cfg, pipeline._plain(cfg.task))
     assert {k: len(v[1]) for k, v in sets.items()} == {"subjqa/test": 2362, "covid_qa/test": 1380}
+
+
+def test_qa_hub_sources(monkeypatch):
+    """paths.data_dir=null: SQuAD 2.0 (SQuAD layout, validation carved out of train) and NewsQA (MRQA layout,
+    filtered by subset) from the hub, with a stand-in for datasets.load_dataset (no network here)."""
+    import datasets
+
+    def squad(n, prefix):
+        ctx = [f"context {prefix} {i} alpha beta" for i in range(n)]
+        return datasets.Dataset.from_dict(
+            {
+                "id": [f"{prefix}{i}" for i in range(n)],
+                "context": ctx,
+                "question": [f"q{i} " for i in range(n)],
+                "answers": [
+                    {"text": ["alpha"], "answer_start": [c.index("alpha")]}
+                    if i % 2
+                    else {"text": [], "answer_start": []}
+                    for i, c in enumerate(ctx)
+                ],
+            }
+        )
+
+    mrqa = datasets.Dataset.from_dict(
+        {
+            "subset": ["NewsQA", "SQuAD", "NewsQA"],
+            "qid": ["n1", "s1", "n2"],
+            "context": ["a storm hit the coast", "x", "the mayor said no"],
+            "question": ["what hit?", "?", "who said no?"],
+            "answers": [["a storm", "a storm", "storm"], ["x"], ["the mayor"]],
+        }
+    )
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, split))
+        if path == "mrqa-workshop/mrqa":
+            return mrqa
+        return squad(200, "t") if split == "train" else squad(30, "v")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    overrides = ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none", "paths.data_dir=null"]
+    cfg = compose("evaluate", [*overrides, "task=qa/squad2"])
+    dd = pipeline.load_task_data(cfg)
+    sizes = {k: len(v) for k, v in dd.items()}
+    assert sizes["test"] == 30 and sizes["train"] + sizes["validation"] == 200 and sizes["validation"] > 0
+    ids = [i for split in dd.values() for i in split["id"]]
+    assert len(set(ids)) == len(ids) == 230
+    row = dd["test"][1]
+    assert row["answers"] == ["alpha"] and row["context"][row["answer_starts"][0] :].startswith("alpha")
+    assert dd["test"][0]["answers"] == []  # unanswerable
+    news = pipeline.load_task_data(compose("evaluate", [*overrides, "task=qa/newsqa"]))["test"]
+    assert news["qid"] == ["n1", "n2"] and news["answers"][0] == ["a storm", "storm"]
+    assert news["answer_starts"][0] == [0, 2]
+    assert ("mrqa-workshop/mrqa", "validation") in calls
+
+
+def test_optional_ood_set_is_skipped_when_missing(squad_dir):
+    """NewsQA has no local file: listed with '?' it is skipped with a warning, else the error names it."""
+    base = [
+        "paths.output_dir=/tmp/trustequiv-test-run",
+        "logger=none",
+        "task=qa/squad2",
+        f"paths.data_dir={squad_dir}",
+    ]
+    cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test?]"])
+    assert pipeline.ood_sets(cfg, pipeline._plain(cfg.task)) == {}
+    cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test]"])
+    with pytest.raises(FileNotFoundError, match="newsqa"):
+        pipeline.ood_sets(cfg, pipeline._plain(cfg.task))
 
 
 def test_qa_characteristic_aligns_rows_by_id():

@@ -331,7 +331,8 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
     """``"<task>/<split>" -> (task config, split data)`` for the out-of-distribution sets to score.
 
     Each entry of ``cfg.ood`` (default: ``task.ood``) is ``"<task>/<split>"``; ``"<split>"`` alone means a
-    split of the evaluated task (e.g. MNLI's mismatched sample).
+    split of the evaluated task (e.g. MNLI's mismatched sample). A trailing ``?`` makes the set optional: when
+    its data cannot be loaded (no local file, hub unreachable) it is skipped with a warning.
 
     Raises:
         ValueError: an unknown task or split, or an OOD task whose label names differ from the task's.
@@ -341,6 +342,8 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
     sets: dict[str, tuple[dict[str, Any], Any]] = {}
     data_dir = cfg.paths.get("data_dir")
     for entry in wanted:
+        optional = entry.endswith("?")
+        entry = entry.rstrip("?")
         name, _, split = entry.rpartition("/")
         name = name or task_cfg["name"]
         path = CONF_DIR / "task" / f"{name}.yaml"
@@ -357,7 +360,13 @@ def ood_sets(cfg: DictConfig, task_cfg: Mapping[str, Any]) -> dict[str, tuple[di
         other["max_length"] = task_cfg["max_length"]  # score it as the model sees its own task
         if "doc_stride" in task_cfg:
             other["doc_stride"] = task_cfg["doc_stride"]
-        dataset = _load_data(other, data_dir)
+        try:
+            dataset = _load_data(other, data_dir)
+        except (OSError, ValueError) as err:  # FileNotFoundError and ConnectionError are OSErrors
+            if not optional:
+                raise
+            log.warning("optional OOD set %s not available, skipped: %s", entry, str(err).splitlines()[0])
+            continue
         if split not in dataset:
             raise ValueError(f"OOD set {entry}: task {name} has no split '{split}' (has {list(dataset)})")
         sets[f"{other['name']}/{split}"] = (other, dataset[split])  # qa/subjqa -> subjqa/test

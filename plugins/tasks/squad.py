@@ -1,4 +1,5 @@
-"""Extractive QA data (SQuAD 2.0 layout) from local files: SQuAD 2.0, COVID-QA (SQuAD JSON) and SubjQA (CSV).
+"""Extractive QA data (SQuAD 2.0 layout) from local files: SQuAD 2.0, COVID-QA (SQuAD JSON) and SubjQA (CSV);
+from the hub (``paths.data_dir=null``): SQuAD 2.0 (``rajpurkar/squad_v2``) and NewsQA (MRQA's dev set).
 
 Each split is a ``datasets.Dataset`` with one row per question: ``id`` (int64, ``id_offset`` + position in
 the file), ``qid`` (the source's question id), ``question``, ``context``, ``answers`` (list of gold answer
@@ -97,8 +98,37 @@ def read_subjqa_csv(path: str | Path, id_offset: int = 0) -> list[dict[str, Any]
     return list(groups.values())
 
 
+def hub_rows(
+    records: Any, id_offset: int = 0, where: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows (``COLUMNS``) of a hub QA split: SQuAD layout (``answers = {text: [...], answer_start: [...]}``)
+    or MRQA layout (``answers`` a list of texts, located in the context by their first occurrence);
+    ``where``: keep only records whose columns equal these values (e.g. ``{subset: NewsQA}``)."""
+    rows: list[dict[str, Any]] = []
+    for k, rec in enumerate(records):
+        if where and any(rec.get(col) != val for col, val in where.items()):
+            continue
+        answers = rec.get("answers") or []
+        if isinstance(answers, Mapping):
+            texts, starts = list(answers.get("text", [])), [int(a) for a in answers.get("answer_start", [])]
+        else:
+            texts = list(dict.fromkeys(answers))
+            starts = [max(rec["context"].find(t), 0) for t in texts]
+        rows.append(
+            {
+                "id": id_offset + k,
+                "qid": str(rec.get("id", rec.get("qid", k))),
+                "question": rec["question"].strip(),
+                "context": rec["context"],
+                "answers": texts,
+                "answer_starts": starts,
+            }
+        )
+    return rows
+
+
 class QALoader:
-    """Local extractive-QA splits.
+    """Extractive-QA splits from local files, or from the hub when ``data_dir`` is None.
 
     Args:
         folder: folder under ``data_dir`` (e.g. ``squad2``).
@@ -110,6 +140,10 @@ class QALoader:
             (e.g. ``{train: 0.7, validation: 0.1, test: 0.2}``); else one ``test`` split.
         split_seed: hash seed.
         id_offset: first example id.
+        hub: the hub source (``data_dir`` None): ``path``, optional ``name``, ``splits`` (our split -> hub
+            split), optional ``derive`` (``{from: <our split>, fractions: {...}}``: that split re-split by
+            hashed context, e.g. a validation split carved out of train) and ``where`` (column filter). The
+            k-th hub split's ids start at ``id_offset + k * 10**9``.
     """
 
     def __init__(
@@ -121,6 +155,7 @@ class QALoader:
         fractions: Mapping[str, float] | None = None,
         split_seed: int = 0,
         id_offset: int = 0,
+        hub: Mapping[str, Any] | None = None,
     ) -> None:
         if format not in ("squad_json", "subjqa_csv"):
             raise ValueError(f"format must be 'squad_json' or 'subjqa_csv', got {format!r}")
@@ -129,6 +164,7 @@ class QALoader:
         self.fractions = dict(fractions) if fractions else None
         self.split_seed = int(split_seed)
         self.id_offset = int(id_offset)
+        self.hub = dict(hub) if hub else None
 
     def rows(self, data_dir: str | Path) -> list[dict[str, Any]]:
         """Every row of the source, before splitting."""
@@ -146,13 +182,13 @@ class QALoader:
         """``datasets.DatasetDict`` of the splits (see the module docstring).
 
         Raises:
-            ValueError: ``data_dir`` is None (no hub source is configured for QA yet).
+            ValueError: ``data_dir`` is None and no hub source is configured.
             FileNotFoundError: a source file is missing.
         """
         import datasets
 
         if data_dir is None:
-            raise ValueError(f"QA task {self.folder}: set paths.data_dir (only local files are supported)")
+            return self._load_hub()
         rows = self.rows(data_dir)
         if self.fractions:
             parts = hash_split([r["context"] for r in rows], self.fractions, seed=self.split_seed)
@@ -162,5 +198,29 @@ class QALoader:
             {
                 name: datasets.Dataset.from_dict({c: [rows[i][c] for i in pos] for c in COLUMNS})
                 for name, pos in parts.items()
+            }
+        )
+
+    def _load_hub(self) -> Any:
+        import datasets
+
+        if not self.hub:
+            raise ValueError(
+                f"QA task {self.folder} has no hub source: set paths.data_dir to a folder with {self.folder}/"
+            )
+        where = self.hub.get("where")
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for k, (ours, theirs) in enumerate(dict(self.hub["splits"]).items()):
+            records = datasets.load_dataset(self.hub["path"], self.hub.get("name"), split=theirs)
+            parts[ours] = hub_rows(records, self.id_offset + k * 10**9, where)
+        derive = self.hub.get("derive")
+        if derive:
+            rows = parts.pop(derive["from"])
+            split = hash_split([r["context"] for r in rows], dict(derive["fractions"]), seed=self.split_seed)
+            parts.update({name: [rows[i] for i in pos] for name, pos in split.items()})
+        return datasets.DatasetDict(
+            {
+                name: datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+                for name, rows in parts.items()
             }
         )
