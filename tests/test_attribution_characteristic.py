@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -191,14 +192,15 @@ def test_killed_run_resumes_with_the_seeds_not_done(tiny_bert, tmp_path, monkeyp
     monkeypatch.setattr(char, "_attribute", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         collect_for(char, tiny_bert, 0, "ref")
-    assert sorted(p.name for p in tmp_path.glob("*/*.json")) == ["42.json", "43.json"]
+    files = {json.loads(p.read_text())["seed"]: p for p in tmp_path.glob("extras/*/*.json")}
+    assert sorted(files) == [42, 43]
     calls.clear()
     resumed = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
     assert calls == [44]
     assert resumed["runs"] == whole["runs"]
     assert resumed["perturbed_texts"] == whole["perturbed_texts"]
     # an unreadable seed file is set aside and recomputed
-    (next(tmp_path.glob("*/43.json"))).write_text("{not json")
+    files[43].write_text("{not json")
     calls.clear()
     again = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
     assert calls == [43] and again["runs"] == whole["runs"]

@@ -39,8 +39,15 @@ def lazy_bert_attack_swap_class() -> type:
             except ValueError:
                 return []
             positions = list(range(masked_index, min(masked_index + len(word_tokens), self.max_length)))
-            if len(positions) <= 1:
-                return super()._bert_attack_replacement_words(current_text, index, id_preds, masked_lm_logits)
+            if not positions:
+                return []
+            if len(positions) == 1:  # TextAttack's single-sub-word branch, as it is
+                model_type = self._language_model.config.model_type
+                return [
+                    token
+                    for token in self._lm_tokenizer.convert_ids_to_tokens(id_preds[positions[0]].tolist())
+                    if utils.is_one_word(token) and not utils.check_if_subword(token, model_type, index == 0)
+                ]
             out: list[str] = []
             for combo in itertools.product(*(id_preds[i].tolist() for i in positions)):
                 word = "".join(self._lm_tokenizer.convert_ids_to_tokens(list(combo))).replace("##", "")

@@ -185,21 +185,15 @@ class QALoader:
             ValueError: ``data_dir`` is None and no hub source is configured.
             FileNotFoundError: a source file is missing.
         """
-        import datasets
-
         if data_dir is None:
             return self._load_hub()
         rows = self.rows(data_dir)
-        if self.fractions:
-            parts = hash_split([r["context"] for r in rows], self.fractions, seed=self.split_seed)
-        else:
-            parts = {"test": list(range(len(rows)))}
-        return datasets.DatasetDict(
-            {
-                name: datasets.Dataset.from_dict({c: [rows[i][c] for i in pos] for c in COLUMNS})
-                for name, pos in parts.items()
-            }
-        )
+        return _dataset_dict(self._split(rows, self.fractions) if self.fractions else {"test": rows})
+
+    def _split(self, rows: list[dict[str, Any]], fractions: Mapping[str, float]) -> dict[str, list[dict]]:
+        """Rows split by a seeded hash of their context: questions on one paragraph stay together."""
+        parts = hash_split([r["context"] for r in rows], dict(fractions), seed=self.split_seed)
+        return {name: [rows[i] for i in pos] for name, pos in parts.items()}
 
     def _load_hub(self) -> Any:
         import datasets
@@ -215,12 +209,16 @@ class QALoader:
             parts[ours] = hub_rows(records, self.id_offset + k * 10**9, where)
         derive = self.hub.get("derive")
         if derive:
-            rows = parts.pop(derive["from"])
-            split = hash_split([r["context"] for r in rows], dict(derive["fractions"]), seed=self.split_seed)
-            parts.update({name: [rows[i] for i in pos] for name, pos in split.items()})
-        return datasets.DatasetDict(
-            {
-                name: datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
-                for name, rows in parts.items()
-            }
-        )
+            parts.update(self._split(parts.pop(derive["from"]), derive["fractions"]))
+        return _dataset_dict(parts)
+
+
+def _dataset_dict(parts: Mapping[str, list[dict[str, Any]]]) -> Any:
+    import datasets
+
+    return datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS})
+            for name, rows in parts.items()
+        }
+    )

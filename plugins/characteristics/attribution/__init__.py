@@ -15,7 +15,6 @@ rank agreement, per example and per seed; reported as the mean over runs with th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from plugins.characteristics.attribution.perturb import (
     WordFeatures,
     word_keys,
 )
-from trustequiv.cache import content_key
+from trustequiv.cache import OutputCache, content_key
 from trustequiv.characteristic import Characteristic, pair_name
 from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
 from trustequiv.functional.bootstrap import paired_bootstrap
@@ -62,25 +61,6 @@ def _devices(model: Any, devices: Sequence[str] | None) -> list[str]:
     if getattr(model, "cpu_only", False) or not torch.cuda.is_available():
         return ["cpu"]
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-
-def _read_run(path: Path) -> dict[str, Any] | None:
-    """A finished seed's attributions, or None (absent; an unreadable file is set aside and recomputed)."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        log.warning("unreadable attribution run %s: moved to %s.corrupt and recomputed", path, path.name)
-        path.replace(path.with_name(path.name + ".corrupt"))
-        return None
-
-
-def _write_run(path: Path, run: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(run))
-    tmp.replace(path)  # atomic: a kill leaves the old state or the whole file
 
 
 class AttributionCharacteristic(Characteristic):
@@ -216,24 +196,22 @@ class AttributionCharacteristic(Characteristic):
             max_batch=self.max_batch,
             devices=devices,
         )
-        run_dir = (
-            None
-            if self.runs_dir is None
-            else self.runs_dir
-            / content_key(
-                config=dict(self.cache_config()),
-                checkpoint=getattr(model, "fingerprint", None),
-                task=task.get("name"),
-                max_length=int(task.get("max_length", 128)),
-                ids=[f.example_id for f in feats],
-            )
+        # each finished seed in an OutputCache extras file (atomic; a corrupt one is moved aside and redone)
+        store = None if self.runs_dir is None else OutputCache(self.runs_dir)
+        run_key = content_key(
+            config=dict(self.cache_config()),
+            checkpoint=getattr(model, "fingerprint", None),
+            task=task.get("name"),
+            max_length=int(task.get("max_length", 128)),
+            ids=[f.example_id for f in feats],
         )
         runs: dict[str, Any] = {}
         totals = dict.fromkeys(("seconds", "perturbed_texts", "unique_texts", "perturbed_tokens"), 0.0)
         error = None
         seeds = [0] if self.deterministic else self.seeds
         for k, seed in enumerate(seeds):
-            done = None if run_dir is None else _read_run(run_dir / f"{seed}.json")
+            seed_key = content_key(run=run_key, seed=seed)
+            done = None if store is None else store.load_extras(seed_key)
             kept = done is not None
             if not kept:
                 before = (predictor.n_texts, predictor.n_unique, predictor.n_tokens)
@@ -245,14 +223,15 @@ class AttributionCharacteristic(Characteristic):
                     log.warning("%s on %s failed: %s", self.name, getattr(model, "directory", "?"), error)
                     break
                 done = {
+                    "seed": seed,
                     "attributions": [np.round(a, 8).tolist() for a in attrs],
                     "seconds": time.perf_counter() - started,
                     "perturbed_texts": predictor.n_texts - before[0],
                     "unique_texts": predictor.n_unique - before[1],
                     "perturbed_tokens": predictor.n_tokens - before[2],
                 }
-                if run_dir is not None:
-                    _write_run(run_dir / f"{seed}.json", done)
+                if store is not None:
+                    store.save_extras(seed_key, done)
             runs[str(seed)] = done["attributions"]
             for key in totals:
                 totals[key] += done[key]
