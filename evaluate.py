@@ -3,7 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from trustequiv.config import quiet_third_party, register_resolvers, stop_on_sigterm
+from trustequiv.config import (
+    check_config,
+    lightning_logs_once,
+    quiet_third_party,
+    register_resolvers,
+    stop_on_sigterm,
+)
+from trustequiv.errors import reported, run
 
 quiet_third_party()
 register_resolvers()
@@ -12,12 +19,16 @@ stop_on_sigterm()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from trustequiv.pipeline import evaluate
+    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.errors).
+    with reported():
+        check_config(cfg)
+        from trustequiv.pipeline import evaluate
 
-    result = evaluate(cfg)
+        lightning_logs_once()
+        result = evaluate(cfg)
     # Last line: the run directory, for scripts.
     print(result["output_dir"])
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,8 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.characteristics.attribution import explainers, select_examples
-from plugins.characteristics.attribution.perturb import BatchedPredictor, WordFeatures
+from plugins.characteristics.attribution import explainers
+from plugins.characteristics.attribution.perturb import WordFeatures
+from trustequiv.sampling import sample_positions as select_examples
+from trustequiv.scorer import TorchTextScorer as BatchedPredictor  # the attribution predictor, now the scorer
 
 
 def naive_predict(model, tokenizer, perm, batch_size=256, max_length=128):

@@ -75,6 +75,23 @@ def write_tiny_bert(directory: Path, *, layers: int = 2, hidden: int = 32, seed:
     return directory
 
 
+def write_classifier(tiny: Path, out_dir: Path, label_names=("negative", "positive")) -> Path:
+    """The tiny BERT with a seeded random classification head, saved as a fine-tuned checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    id2label = dict(enumerate(label_names))
+    model = BertForSequenceClassification.from_pretrained(
+        tiny, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    with torch.no_grad():  # logits of order 1, so the tolerances below are not trivially met
+        model.classifier.weight.mul_(30.0)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

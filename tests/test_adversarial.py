@@ -1,5 +1,6 @@
-"""Adversarial characteristic: pure metrics on hand-made outcomes, the TextAttack wrapper against the cached
-predictor, a tiny model attacked end to end offline (through the pipeline, with transfer), and resumption."""
+"""Adversarial characteristic: pure metrics on hand-made outcomes, the TextAttack wrapper (over the model's
+text scorer) against the cached outputs, a tiny model attacked end to end offline (through the pipeline, with
+transfer), and resumption."""
 
 from __future__ import annotations
 
@@ -14,13 +15,8 @@ import torch
 from conftest import compose, tiny_overrides
 
 from plugins.characteristics import adversarial as adv
-from plugins.characteristics.adversarial import (
-    Adversarial,
-    read_jsonl,
-    reusable_under_budget,
-    select_examples,
-)
-from trustequiv import pipeline
+from plugins.characteristics.adversarial import Adversarial, read_jsonl, reusable_under_budget, runner
+from plugins.characteristics.adversarial import characteristic as adv_char
 from trustequiv.functional.adversarial import (
     attack_summary,
     attacked_set_jaccard,
@@ -30,6 +26,8 @@ from trustequiv.functional.adversarial import (
     transfer_rate,
 )
 from trustequiv.outputs import ModelOutputs
+from trustequiv.sampling import sample_positions
+from trustequiv.scorer import TorchTextScorer
 
 FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
 
@@ -74,7 +72,7 @@ def _rec(i, status, label=1, idx=(), queries=10):
 
 def _outputs(name, records, replay=None):
     ids = torch.tensor([r["id"] for r in records])
-    extras = {
+    collected = {
         "records": records,
         "setup": {
             "recipe": "bert-attack",
@@ -85,14 +83,14 @@ def _outputs(name, records, replay=None):
         },
     }
     if replay is not None:
-        extras["replay"] = {"transfer": replay}
+        collected["replay"] = {"transfer": replay}
     return ModelOutputs(
         name=name,
         example_ids=ids,
         logits=torch.zeros(len(ids), 2),
         labels=torch.tensor([r["label"] for r in records]),
         label_names=("negative", "positive"),
-        extras={"adversarial": extras},
+        collected={"adversarial": collected},
     )
 
 
@@ -130,11 +128,38 @@ def test_compare_on_hand_made_outcomes():
     assert rows["id"] == [1, 2, 3] and rows["ref_adv_fools_cand"] == [True, False, ""]
 
 
-def test_select_examples_is_seeded_and_model_independent():
+def test_examples_are_the_shared_sample_in_id_order():
     ids = [50, 10, 40, 30, 20]
-    a, b = select_examples(ids, 3, seed=1), select_examples(list(ids), 3, seed=1)
-    assert a == b and len(a) == 3 and [ids[k] for k in a] == sorted(ids[k] for k in a)
-    assert select_examples(ids, None, 0) == [1, 4, 3, 2, 0]
+    a = Adversarial(n_examples=3).examples(ids)
+    assert sorted(a) == sample_positions(ids, 3) and [ids[k] for k in a] == sorted(ids[k] for k in a)
+    assert Adversarial(n_examples=None).examples(ids) == [1, 4, 3, 2, 0]
+    assert Adversarial(n_examples=3).cache_config()["sampler"] == "hash_unit"  # not the old sample's outcomes
+    with pytest.raises(ValueError, match=r"^n_examples must be a positive number"):
+        Adversarial(n_examples=0)
+
+
+def test_wrapper_counts_queries_through_the_scorer(tiny_bert):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from trustequiv.models import LoadedModel
+    from trustequiv.sources import ModelHandle
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
+    loaded = LoadedModel(model, AutoTokenizer.from_pretrained(tiny_bert), [0, 1], tiny_bert, "fp", {})
+    scorer_only = ModelHandle(  # e.g. an ONNX source: a scorer, no torch model
+        name="m", fingerprint="fp", scorer=lambda task: TorchTextScorer.from_loaded(loaded, max_length=32)
+    )
+    pair_task = {"name": "toy", "pair": True, "max_length": 32}
+    clf = Adversarial(batch_size=4)._classifier(scorer_only, pair_task)
+    assert (clf.scorer.max_batch, clf.scorer.batch_tokens) == (4, 4 * 32)  # one forward per model call
+    probs = clf([("good film", "bad film"), ("a", "b"), ("good film", "bad film")])
+    assert probs.shape == (3, 2) and clf.n_calls == clf.scorer.n_texts == 3
+    assert clf.predict([("a", "b")]) == [int(probs[1].argmax())] and clf.n_calls == 4
+    with pytest.raises(ValueError, match="pair"):
+        clf(["not a pair"])
+    single = Adversarial()._classifier(scorer_only, {**pair_task, "pair": False})
+    np.testing.assert_allclose(single(["good film"]), single([("good film",)]))
 
 
 # ---------------------------------------------------------------- tiny models, offline, end to end
@@ -148,9 +173,17 @@ def write_tiny_mlm(directory: Path, tiny_bert: Path) -> Path:
     return directory
 
 
+def _test_split(cfg):
+    from trustequiv.plan import load_task_data
+
+    return load_task_data(cfg)["test"]
+
+
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory, tiny_bert, synthetic_data_dir):
     """Tiny reference + int8 candidate through the pipeline with the adversarial characteristic."""
+    from trustequiv import pipeline
+
     tmp = tmp_path_factory.mktemp("adv")
     mlm = write_tiny_mlm(tmp / "mlm", tiny_bert)
     overrides = tiny_overrides(
@@ -174,18 +207,20 @@ def attacked(tmp_path_factory, tiny_bert, synthetic_data_dir):
 
 
 def test_wrapper_returns_the_cached_predictor_probabilities(attacked):
-    from plugins.characteristics.adversarial_wrapper import TextClassifier, textattack_wrapper
+    from plugins.characteristics.adversarial.wrapper import textattack_wrapper
     from trustequiv.models import load_classifier
 
     tmp, cfg, result = attacked
-    split = pipeline.load_task_data(cfg)["test"]
+    split = _test_split(cfg)
+    task = {"name": "sst2", "pair": False, "max_length": 32}
     # Full precision: batching-independent, so any batch size gives the cached numbers. Dynamic int8
     # quantization picks activation ranges per batch: same batches (64, length-sorted) -> same numbers.
     for name, batch_size, atol in (("tiny_ref", 7, 2e-6), ("tiny_cand+quantize_dynamic", 64, 2e-6)):
         rows = list(csv.DictReader((Path(result["output_dir"]) / "predictions" / f"{name}.csv").open()))
         cached = {int(r["example_id"]): [float(r["p_negative"]), float(r["p_positive"])] for r in rows}
         loaded = load_classifier(str(tmp / "models" / "sst2" / name), ["negative", "positive"])
-        wrapper = textattack_wrapper(TextClassifier(loaded, max_length=32, batch_size=batch_size))
+        classifier = Adversarial(batch_size=batch_size)._classifier(TorchTextScorer.handle(loaded), task)
+        wrapper = textattack_wrapper(classifier)
         probs = wrapper(list(split["text_a"]))
         expected = np.array([cached[int(i)] for i in split["id"]])
         np.testing.assert_allclose(probs, expected, atol=atol, err_msg=name)
@@ -211,14 +246,14 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
     """Our records summarised by trustequiv.functional equal TextAttack's own metrics on the same results."""
     from textattack.metrics import AttackQueries, AttackSuccessRate, WordsPerturbed
 
-    from plugins.characteristics.adversarial_wrapper import TextClassifier, textattack_wrapper
+    from plugins.characteristics.adversarial.wrapper import TextClassifier, textattack_wrapper
     from trustequiv.models import load_classifier
 
     tmp, cfg, _ = attacked
-    split = pipeline.load_task_data(cfg)["test"].select(range(10))
+    split = _test_split(cfg).select(range(10))
     loaded = load_classifier(str(tmp / "models" / "sst2" / "tiny_ref"), ["negative", "positive"])
     attack, _ = adv.build_attack(
-        textattack_wrapper(TextClassifier(loaded, max_length=32)),
+        textattack_wrapper(TextClassifier(TorchTextScorer.from_loaded(loaded, max_length=32))),
         masked_lm=str(tmp / "mlm"),
         mlm_max_length=32,
         sentence_encoder="sbert",
@@ -226,11 +261,11 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
         similarity_threshold=0.0,
     )
     results = [
-        attack.attack(adv._example(t, None, False), int(y))
+        attack.attack(runner._example(t, None, False), int(y))
         for t, y in zip(split["text_a"], split["label"], strict=True)
     ]
     recs = [
-        adv.result_record(r, k, int(y), 0.0)
+        runner.result_record(r, k, int(y), 0.0)
         for k, (r, y) in enumerate(zip(results, split["label"], strict=True))
     ]
     ours = attack_summary(
@@ -251,11 +286,13 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
 
 
 def _reference_on_test(tmp, cfg):
-    """The test split, the tiny reference loaded, and placeholder outputs in the split's order."""
+    """The test split, the tiny reference's handle, and placeholder outputs in the split's order."""
     from trustequiv.models import load_classifier
 
-    split = pipeline.load_task_data(cfg)["test"]
-    loaded = load_classifier(str(tmp / "models" / "sst2" / "tiny_ref"), ["negative", "positive"])
+    split = _test_split(cfg)
+    model = TorchTextScorer.handle(
+        load_classifier(str(tmp / "models" / "sst2" / "tiny_ref"), ["negative", "positive"]), name="tiny_ref"
+    )
     out = ModelOutputs(
         name="tiny_ref",
         example_ids=torch.tensor(split["id"]),
@@ -263,12 +300,12 @@ def _reference_on_test(tmp, cfg):
         labels=torch.tensor(split["label"]),
         label_names=("negative", "positive"),
     )
-    return split, loaded, out
+    return split, model, out
 
 
 def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_bert, monkeypatch):
     tmp, cfg, _ = attacked
-    split, loaded, out = _reference_on_test(tmp, cfg)
+    split, model, out = _reference_on_test(tmp, cfg)
     char = Adversarial(
         n_examples=6,
         seed=3,
@@ -279,7 +316,7 @@ def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_
     )
     task = {"name": "sst2", "pair": False, "max_length": 32}
     calls: list[int] = []
-    real_build = adv.build_attack
+    real_build = adv_char.build_attack
 
     def counting_build(*args, **kwargs):
         attack, info = real_build(*args, **kwargs)
@@ -294,26 +331,26 @@ def test_killed_attack_resumes_without_redoing_finished_examples(attacked, tiny_
         attack.attack = attack_once
         return attack, info
 
-    monkeypatch.setattr(adv, "build_attack", counting_build)
+    monkeypatch.setattr(adv_char, "build_attack", counting_build)
     fail_after = 4
     with pytest.raises(KeyboardInterrupt):
-        char.collect(loaded, out, split, task)
+        char.collect(model, out, split, task)
     (jsonl,) = (tmp / "resume").glob("*.jsonl")
     assert len(read_jsonl(jsonl)) == 4
     with jsonl.open("a") as fh:
         fh.write('{"id": 12, "trunc')  # a line cut off by the kill is ignored
     calls.clear()
     fail_after = None
-    extras = char.collect(loaded, out, split, task)
+    collected = char.collect(model, out, split, task)
     assert len(calls) == 2  # only the two unfinished examples are attacked
-    assert len(extras["records"]) == 6
-    assert [r["id"] for r in extras["records"]] == sorted(r["id"] for r in extras["records"])
+    assert len(collected["records"]) == 6
+    assert [r["id"] for r in collected["records"]] == sorted(r["id"] for r in collected["records"])
 
 
 def test_parallel_workers_give_the_in_process_records(attacked, tiny_bert):
     """num_workers=2 (forked attack processes) attacks every example once and finds the same outcomes."""
     tmp, cfg, _ = attacked
-    split, loaded, out = _reference_on_test(tmp, cfg)
+    split, model, out = _reference_on_test(tmp, cfg)
     task = {"name": "sst2", "pair": False, "max_length": 32}
     records = {}
     for workers in (1, 2):
@@ -326,7 +363,7 @@ def test_parallel_workers_give_the_in_process_records(attacked, tiny_bert):
             attack_dir=str(tmp / f"workers{workers}"),
             num_workers=workers,
         )
-        records[workers] = char.collect(loaded, out, split, task)["records"]
+        records[workers] = char.collect(model, out, split, task)["records"]
     keep = ("id", "status", "adv_texts", "n_queries", "perturbed_words")
     assert [{k: r.get(k) for k in keep} for r in records[2]] == [
         {k: r.get(k) for k in keep} for r in records[1]
@@ -348,17 +385,17 @@ def test_budgeted_rerun_reuses_exactly_the_outcomes_a_fresh_budgeted_attack_find
     attacked, tiny_bert, monkeypatch
 ):
     tmp, cfg, _ = attacked
-    split, loaded, out = _reference_on_test(tmp, cfg)
+    split, model, out = _reference_on_test(tmp, cfg)
     task = {"name": "sst2", "pair": False, "max_length": 32}
     common = dict(
         n_examples=8, seed=7, masked_lm=str(tmp / "mlm"), sentence_encoder="sbert", sbert_model=str(tiny_bert)
     )
-    free = Adversarial(**common, attack_dir=str(tmp / "budget")).collect(loaded, out, split, task)["records"]
+    free = Adversarial(**common, attack_dir=str(tmp / "budget")).collect(model, out, split, task)["records"]
     attacked_totals = sorted(r["n_queries_total"] for r in free if r["status"] != "skipped")
     assert attacked_totals, "the tiny model must leave something to attack"
     budget = attacked_totals[len(attacked_totals) // 2]  # some searches end below it, some reach it
     calls: list[int] = []
-    real_build = adv.build_attack
+    real_build = adv_char.build_attack
 
     def counting_build(*args, **kwargs):
         attack, info = real_build(*args, **kwargs)
@@ -366,15 +403,15 @@ def test_budgeted_rerun_reuses_exactly_the_outcomes_a_fresh_budgeted_attack_find
         attack.attack = lambda example, label: calls.append(1) or real_attack(example, label)
         return attack, info
 
-    monkeypatch.setattr(adv, "build_attack", counting_build)
+    monkeypatch.setattr(adv_char, "build_attack", counting_build)
     reused = Adversarial(**common, query_budget=budget, attack_dir=str(tmp / "budget")).collect(
-        loaded, out, split, task
+        model, out, split, task
     )
     n_reusable = sum(reusable_under_budget(r, budget) for r in free)
     assert reused["setup"]["n_reused"] == n_reusable
     assert len(calls) == len(free) - n_reusable
     fresh = Adversarial(**common, query_budget=budget, attack_dir=str(tmp / "fresh")).collect(
-        loaded, out, split, task
+        model, out, split, task
     )
     keep = ("id", "status", "adv_texts", "n_queries", "perturbed_words")
     assert [{k: r.get(k) for k in keep} for r in reused["records"]] == [
@@ -386,8 +423,8 @@ def test_lazy_bert_attack_swap_gives_textattacks_substitutes(tmp_path):
     """Same substitutes as TextAttack's WordSwapMaskedLM (bert-attack), multi-sub-word words included."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    from plugins.characteristics.adversarial_env import import_textattack
-    from plugins.characteristics.adversarial_swap import lazy_bert_attack_swap_class
+    from plugins.characteristics.adversarial.env import import_textattack
+    from plugins.characteristics.adversarial.swap import lazy_bert_attack_swap_class
 
     import_textattack()
     from textattack.shared import AttackedText

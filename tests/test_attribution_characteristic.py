@@ -12,15 +12,13 @@ from datasets import Dataset
 from matplotlib.figure import Figure
 from test_attribution_perturb import HYPOTHESIS, PREMISE, tiny_classifier
 
-from plugins.characteristics.attribution import (
-    IgAttribution,
-    LimeAttribution,
-    ShapAttribution,
-    select_examples,
-)
+from plugins.characteristics.attribution import IgAttribution, LimeAttribution, ShapAttribution
 from trustequiv.functional.attribution import ALIGNMENT_METRICS
 from trustequiv.models import LoadedModel
 from trustequiv.outputs import ModelOutputs
+from trustequiv.sampling import sample_positions
+from trustequiv.scorer import TorchTextScorer
+from trustequiv.sources import ModelHandle
 
 TASK = {"name": "toy_pair", "label_names": ["negative", "positive"], "pair": True, "max_length": 32}
 FAST = {"n_bootstrap": 50, "n_figure_examples": 2}
@@ -38,9 +36,8 @@ def data():
     )
 
 
-def outputs(name, model, extras):
+def outputs(name, pred):
     ds = data()
-    pred = extras["_pred"]
     return ModelOutputs(
         name=name,
         example_ids=torch.tensor(ds["id"]),
@@ -50,15 +47,12 @@ def outputs(name, model, extras):
     )
 
 
-def collect_for(char, tiny_bert, seed, name):
+def collect_for(char, tiny_bert, seed, name, handle=None):
     m = loaded(tiny_bert, seed)
-    ds = data()
-    from plugins.characteristics.attribution.perturb import BatchedPredictor
-
-    probs = BatchedPredictor(m.model, m.tokenizer, max_length=32)(list(zip(PREMISE, HYPOTHESIS, strict=True)))
-    out = outputs(name, m, {"_pred": probs.astype(np.float32)})
-    ex = char.collect(m, out, ds, TASK)
-    return dataclasses.replace(out, extras={char.name: ex})
+    handle = handle or TorchTextScorer.handle(m, name=name)
+    probs = handle.scorer(TASK)(list(zip(PREMISE, HYPOTHESIS, strict=True)))
+    out = outputs(name, probs.astype(np.float32))
+    return out.with_collected(char.name, char.collect(handle, out, data(), TASK))
 
 
 @pytest.mark.parametrize(
@@ -73,7 +67,7 @@ def collect_for(char, tiny_bert, seed, name):
 def test_collect_and_compare(tiny_bert, char):
     ref = collect_for(char, tiny_bert, 0, "ref")
     cand = collect_for(char, tiny_bert, 1, "cand")
-    ex = ref.extras[char.name]
+    ex = ref.collected[char.name]
     assert len(ex["examples"]) == 3 and ex["error"] is None
     assert set(ex["runs"]) == ({"0"} if char.deterministic else {str(s) for s in char.seeds})
     first = next(iter(ex["runs"].values()))[0]
@@ -115,12 +109,47 @@ def test_explained_class_modes(tiny_bert):
 
 def test_selection_and_config_errors():
     ids = list(range(100))
-    assert select_examples(ids, 10) == select_examples(list(ids), 10)
-    assert set(select_examples(ids, 10)) <= set(select_examples(ids, 20))  # a prefix of one fixed order
+    rev = ids[::-1]  # the same examples whatever the file order
+    assert {ids[k] for k in sample_positions(ids, 10)} == {rev[k] for k in sample_positions(rev, 10)}
+    assert set(sample_positions(ids, 10)) <= set(sample_positions(ids, 20))  # samples nest
     with pytest.raises(ValueError):
         LimeAttribution(explained_class="mine")
     with pytest.raises(ValueError):
         ShapAttribution(rank_by="square")
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=r"^n_examples must be a positive number") as err:
+            LimeAttribution(n_examples=bad)
+        assert "\n" not in str(err.value)
+
+
+def test_n_examples_draws_the_shared_sample(tiny_bert):
+    """Attribution explains sample_positions' examples, in file order."""
+    char = LimeAttribution(n_examples=2, num_samples=20, seeds=[42], **FAST)
+    ex = collect_for(char, tiny_bert, 0, "ref").collected[char.name]
+    ids = data()["id"]
+    assert [e["id"] for e in ex["examples"]] == [ids[k] for k in sample_positions(ids, 2)]
+    assert char.cache_config()["sampler"] == "hash_unit"  # results of the earlier sampler are not reused
+    assert "sampler" not in LimeAttribution(n_examples=None).cache_config()
+
+
+def test_a_source_without_a_torch_model(tiny_bert):
+    """Scorer only (e.g. ONNX): LIME runs through the scorer; IG says in one line why it cannot."""
+    m = loaded(tiny_bert, 0)
+    scorer_only = ModelHandle(
+        name="ref",
+        fingerprint="fp-onnx",
+        scorer=lambda task: TorchTextScorer.from_loaded(m, max_length=task["max_length"]),
+        source="onnx",
+    )
+    lime = LimeAttribution(num_samples=20, seeds=[42], **FAST)
+    ex = collect_for(lime, tiny_bert, 0, "ref", handle=scorer_only).collected[lime.name]
+    assert ex["error"] is None and ex["perturbed_texts"] > 0
+    out = outputs("ref", np.full((3, 2), 0.5, dtype=np.float32))
+    with pytest.raises(ValueError) as err:
+        IgAttribution(n_steps=4, **FAST).collect(scorer_only, out, data(), TASK)
+    assert str(err.value) == (
+        "IG needs gradients: a onnx model has none; LIME and SHAP run through its scorer"
+    )
 
 
 def test_compare_without_collect_fails():
@@ -179,7 +208,7 @@ def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data
 def test_killed_run_resumes_with_the_seeds_not_done(tiny_bert, tmp_path, monkeypatch):
     """Each finished seed is kept: a rerun after a kill explains only the other seeds: same result."""
     kwargs = dict(num_samples=30, seeds=[42, 43, 44], **FAST)
-    whole = collect_for(LimeAttribution(**kwargs), tiny_bert, 0, "ref").extras["attribution_lime"]
+    whole = collect_for(LimeAttribution(**kwargs), tiny_bert, 0, "ref").collected["attribution_lime"]
     char = LimeAttribution(**kwargs, runs_dir=str(tmp_path))
     real, calls = char._attribute, []
 
@@ -195,14 +224,14 @@ def test_killed_run_resumes_with_the_seeds_not_done(tiny_bert, tmp_path, monkeyp
     files = {json.loads(p.read_text())["seed"]: p for p in tmp_path.glob("extras/*/*.json")}
     assert sorted(files) == [42, 43]
     calls.clear()
-    resumed = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
+    resumed = collect_for(char, tiny_bert, 0, "ref").collected["attribution_lime"]
     assert calls == [44]
     assert resumed["runs"] == whole["runs"]
     assert resumed["perturbed_texts"] == whole["perturbed_texts"]
     # an unreadable seed file is set aside and recomputed
     files[43].write_text("{not json")
     calls.clear()
-    again = collect_for(char, tiny_bert, 0, "ref").extras["attribution_lime"]
+    again = collect_for(char, tiny_bert, 0, "ref").collected["attribution_lime"]
     assert calls == [43] and again["runs"] == whole["runs"]
 
 
@@ -220,7 +249,8 @@ def test_ig_of_an_int8_model_runs_through_its_dequantized_weights(tiny_bert):
         p_int8 = torch.softmax(int8(**enc).logits, -1)
         p_twin = torch.softmax(twin(**enc).logits, -1)
     assert torch.allclose(p_twin, p_int8, atol=0.05)  # the same weights; only activation rounding differs
-    m = LoadedModel(int8, tok, [0, 1], tiny_bert, "fp-int8", {})
+    m = LoadedModel(int8, tok, [0, 1], tiny_bert, "fp-int8", {}, cpu_only=True)
     probs = np.full((3, 2), 0.5, dtype=np.float32)
-    ex = IgAttribution(n_steps=4, **FAST).collect(m, outputs("int8", m, {"_pred": probs}), data(), TASK)
+    handle = TorchTextScorer.handle(m, name="int8")
+    ex = IgAttribution(n_steps=4, **FAST).collect(handle, outputs("int8", probs), data(), TASK)
     assert ex["error"] is None and len(ex["runs"]["0"]) == 3

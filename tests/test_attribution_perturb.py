@@ -1,4 +1,5 @@
-"""Word features with pair structure, the batched predictor, per-example seeding, sub-token aggregation."""
+"""Word features with pair structure, the text scorer attributions run through, per-example seeding, sub-token
+aggregation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from plugins.characteristics.attribution import explainers
-from plugins.characteristics.attribution.perturb import BatchedPredictor, WordFeatures, example_seed
+from plugins.characteristics.attribution.perturb import WordFeatures, example_seed
+from trustequiv.scorer import TorchTextScorer
 
 PREMISE = ["the movie was good and the plot was great", "a dull film", "it is a lovely story , really"]
 HYPOTHESIS = ["the film was good", "the movie is awful and the acting poor", "nice"]
@@ -28,7 +30,7 @@ def feats(order=(0, 1, 2)) -> list[WordFeatures]:
 
 
 class Recorder:
-    """Wraps a predictor and records every text it is asked for."""
+    """Wraps a scorer and records every text it is asked for."""
 
     def __init__(self, predict):
         self.predict, self.texts = predict, []
@@ -56,9 +58,9 @@ def test_example_seed_is_order_free():
     assert len({example_seed(42, 7), example_seed(43, 7), example_seed(42, 8)}) == 3
 
 
-def test_predictor_matches_plain_forward_and_dedups(tiny_bert):
+def test_scorer_matches_plain_forward_and_dedups(tiny_bert):
     model, tok = tiny_classifier(tiny_bert, 0)
-    pred = BatchedPredictor(model, tok, [1, 0], max_length=32, batch_tokens=40)
+    pred = TorchTextScorer(model, tok, [1, 0], max_length=32, batch_tokens=40)
     texts = [(a, b) for a, b in zip(PREMISE, HYPOTHESIS, strict=True)]
     probs = pred(texts + texts[:2])
     assert pred.n_texts == 5 and pred.n_unique == 3
@@ -76,7 +78,7 @@ def test_predictor_matches_plain_forward_and_dedups(tiny_bert):
 @pytest.mark.parametrize("method", ["lime", "shap"])
 def test_separator_is_never_masked(tiny_bert, method):
     model, tok = tiny_classifier(tiny_bert, 0)
-    rec = Recorder(BatchedPredictor(model, tok, max_length=32))
+    rec = Recorder(TorchTextScorer(model, tok, max_length=32))
     run = explainers.lime_attributions if method == "lime" else explainers.shap_attributions
     kwargs = {"num_samples": 60} if method == "lime" else {}
     attrs = run(feats(), rec, seed=42, n_classes=2, **kwargs)
@@ -99,7 +101,7 @@ def test_two_models_receive_identical_perturbations(tiny_bert, method):
         per_example = {}
         fs = feats(order)
         for f in fs:  # record per example
-            rec = Recorder(BatchedPredictor(model, tok, max_length=32))
+            rec = Recorder(TorchTextScorer(model, tok, max_length=32))
             run([f], rec, seed=43, n_classes=2, **kwargs)
             per_example[f.example_id] = sorted(rec.texts)
         seen.append(per_example)
@@ -107,10 +109,12 @@ def test_two_models_receive_identical_perturbations(tiny_bert, method):
         assert seen[0][eid] == seen[1][eid]
     # and attributions of one example do not depend on the other examples in the run (same model)
     model, tok = tiny_classifier(tiny_bert, 0)
-    pred = BatchedPredictor(model, tok, max_length=32)
+    pred = TorchTextScorer(model, tok, max_length=32)
     alone = run(feats((1,)), pred, seed=44, n_classes=2, **kwargs)[0]
     among = run(feats((2, 0, 1)), pred, seed=44, n_classes=2, **kwargs)[2]
-    np.testing.assert_allclose(alone, among, atol=1e-9)
+    # Same perturbations (checked exactly above), but float32 forward passes of differently composed batches
+    # are not bit-identical across CPUs: compare at a tolerance scaled to the attributions' size.
+    np.testing.assert_allclose(alone, among, rtol=0, atol=1e-3 * float(np.abs(alone).max()))
 
 
 def test_subtokens_sum_to_words(tmp_path):
@@ -137,7 +141,7 @@ def test_ig_gives_word_attributions(tiny_bert):
         assert a.shape == (2, f.n_features) and np.isfinite(a).all()
         np.testing.assert_allclose(a[0], -a[1], atol=1e-4)  # two-class probabilities: p0 = 1 - p1
     # completeness: word attributions sum to p(x) - p(baseline) (captum's approximation, 16 steps)
-    pred = BatchedPredictor(model, tok, max_length=32)
+    pred = TorchTextScorer(model, tok, max_length=32)
     p_x = pred([fs[0].texts])[0, 1]
     enc = tok(*fs[0].texts, return_tensors="pt")
     base = enc["input_ids"].clone()

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from trustequiv.characteristic import Characteristic
 from trustequiv.compressor import Compressor
 from trustequiv.config import available
-from trustequiv.pipeline import build_characteristics, model_node, model_specs
+from trustequiv.plan import build_characteristics, model_node, model_sources
 
 BASE = ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none"]
 
@@ -23,11 +23,25 @@ def test_groups_listed():
 
 @pytest.mark.parametrize("name", available("model"))
 def test_model_files(name):
+    cfg = compose("evaluate", [*BASE, f"model={name}", f"model@reference={name}"])
+    if cfg.model.get("source", "hf") != "hf":  # ONNX, predictions: built as they are, no compressor
+        cfg.reference.name = "other"
+        try:
+            _, (cand,) = model_sources(cfg)
+        except ValueError as err:  # a template that needs its file: one line naming the key
+            assert "model.path" in str(err) and "\n" not in str(err)
+        else:
+            assert cand.kind == cfg.model.source
+        return
     cfg = compose("evaluate", [*BASE, f"model={name}", f"model@reference={name}", "compressor=layer_drop"])
-    ref, (cand,) = model_specs(cfg)
+    ref, (cand,) = model_sources(cfg)
     assert ref.name == name and cand.name == f"{name}+layer_drop"
-    assert cand.base.pretrained == ref.pretrained
+    assert cand.spec.base.pretrained == ref.spec.pretrained
     assert cfg.model.trust_remote_code is False
+
+
+def test_nested_groups_listed():
+    assert {"qa/squad2", "qa/subjqa", "qa/covid_qa", "qa/newsqa"} <= set(available("task"))
 
 
 @pytest.mark.parametrize("name", available("task"))
@@ -67,21 +81,21 @@ def test_logger_files(name):
 
 @pytest.mark.parametrize("name", available("experiment"))
 def test_experiment_files(name):
-    cfg = compose("evaluate", [*BASE, f"experiment={name}", "task=mrpc"])
-    _, cands = model_specs(cfg)
+    cfg = compose("evaluate", [*BASE, f"experiment={name}"])
+    _, cands = model_sources(cfg)
     assert len(cands) >= 1
     OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_offline_minilm_experiment_is_offline():
     cfg = compose("evaluate", [*BASE, "experiment=offline_minilm", "task=mrpc"])
-    ref, cands = model_specs(cfg)
+    ref, cands = model_sources(cfg)
     assert ref.name == "minilm"
     assert [c.name for c in cands] == ["minilm+quantize_dynamic", "minilm+layer_drop"]
     assert (CONF.parent / "conf").exists()
     from pathlib import Path
 
-    assert (Path(ref.pretrained) / "config.json").exists()  # the pip package's local dir, no hub id
+    assert (Path(ref.spec.pretrained) / "config.json").exists()  # the pip package's local dir, no hub id
 
 
 def test_train_config_composes():

@@ -115,7 +115,7 @@ def _outputs(name: str, logits: np.ndarray, offset: int, ood: dict | None = None
         logits=torch.as_tensor(logits, dtype=torch.float32),
         labels=torch.zeros(n, dtype=torch.long),
         label_names=("a", "b", "c"),
-        extras={} if ood is None else {"ood": ood},
+        ood={} if ood is None else ood,
     )
 
 

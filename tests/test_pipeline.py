@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import compose, forbid, tiny_overrides
 
-from trustequiv import pipeline
+from plugins.tasks import classification
+from trustequiv import pipeline, plan, training
 from trustequiv.cache import OutputCache
 from trustequiv.labels import LabelMismatchError
 from trustequiv.outputs import ModelOutputs
@@ -69,7 +70,8 @@ def test_end_to_end_outputs(trained):
 def test_cache_hit_does_no_forward_pass(trained, monkeypatch):
     _, cfg, first = trained
 
-    forbid(monkeypatch, pipeline, "load_classifier", "fine_tune")
+    forbid(monkeypatch, classification, "load_classifier")
+    forbid(monkeypatch, training, "fine_tune")
     again = pipeline.evaluate(cfg)
     assert all(again["cached"].values())
     assert again["metrics"] == pytest.approx(first["metrics"], nan_ok=True)
@@ -117,17 +119,13 @@ def test_interrupted_prediction_resumes(trained, tmp_path, monkeypatch):
     partial = list((tmp_path / "cache" / "outputs").rglob("*.partial/*.safetensors"))
     assert len(partial) == 2
     monkeypatch.setattr(cache_mod.PartialPredictionWriter, "write_on_batch_end", real)
-    predicted = []
-    real_predict = pipeline.predict_outputs
-
-    def counting(*args, **kwargs):
-        out = real_predict(*args, **kwargs)
-        predicted.append(out)
-        return out
-
-    monkeypatch.setattr(pipeline, "predict_outputs", counting)
     again = pipeline.evaluate(cfg2)
-    assert again["metrics"]["errors/tiny_ref/accuracy"] == first["metrics"]["errors/tiny_ref/accuracy"]
+    # batches of 8, not the first run's: float32 logits differ in the last bits across batch shapes and CPUs,
+    # which may flip one near-tied prediction (one example = 1/n of accuracy)
+    n = first["metrics"]["errors/tiny_ref/n_examples"]
+    assert again["metrics"]["errors/tiny_ref/accuracy"] == pytest.approx(
+        first["metrics"]["errors/tiny_ref/accuracy"], abs=1.01 / n
+    )
     assert not list((tmp_path / "cache" / "outputs").rglob("*.partial"))
 
 
@@ -179,7 +177,9 @@ def test_label_remapping_by_name(trained, tmp_path):
     result = pipeline.evaluate(compose("evaluate", overrides))
     m = result["metrics"]
     assert m["errors/tiny_ref_vs_flipped/agreement"] == 1.0
-    assert m["calibration/tiny_ref_vs_flipped/nll_diff"] == pytest.approx(0.0, abs=1e-6)
+    # same weights, head rows swapped: equal up to float32 rounding of logits of the NLL's size
+    nll = abs(m["calibration/tiny_ref/nll"])
+    assert m["calibration/tiny_ref_vs_flipped/nll_diff"] == pytest.approx(0.0, abs=1e-5 * max(1.0, nll))
 
 
 def test_mismatched_labels_raise(trained, tmp_path):
@@ -222,7 +222,7 @@ def test_same_model_twice_is_refused(tiny_bert, synthetic_data_dir, tmp_path):
         "evaluate", [*tiny_overrides(tmp_path, tiny_bert, synthetic_data_dir), "model.name=tiny_ref"]
     )
     with pytest.raises(ValueError, match="model names must differ"):
-        pipeline.model_specs(cfg)
+        plan.model_sources(cfg)
 
 
 def test_nan_logits_are_refused():
@@ -294,14 +294,14 @@ class _Recorder:
         def compare(self, reference, candidate):
             from trustequiv.outputs import CharacteristicResult
 
-            self.seen.append((reference.extras, candidate.extras))
+            self.seen.append((reference, candidate))
             return CharacteristicResult(metrics={"x/y": 1.0})
 
 
 def test_collect_and_ood_outputs_reach_characteristics(trained, tmp_path, monkeypatch):
     _, cfg, _ = trained
     char = _Recorder.Impl()
-    monkeypatch.setattr(pipeline, "build_characteristics", lambda cfg: [char])
+    monkeypatch.setattr(plan, "build_characteristics", lambda cfg: [char])
     overrides = [
         *_overrides_of(cfg),
         f"paths.cache_dir={tmp_path}/cache",
@@ -309,9 +309,9 @@ def test_collect_and_ood_outputs_reach_characteristics(trained, tmp_path, monkey
         "ood=[validation]",
     ]
     result = pipeline.evaluate(compose("evaluate", overrides))
-    ref_extras, _ = char.seen[0]
-    assert ref_extras["recorder"]["task"] == "sst2" and ref_extras["recorder"]["n_texts"] == 64
-    assert set(ref_extras["ood"]) == {"sst2/validation"} and len(ref_extras["ood"]["sst2/validation"]) > 0
+    ref, _ = char.seen[0]
+    assert ref.collected["recorder"]["task"] == "sst2" and ref.collected["recorder"]["n_texts"] == 64
+    assert set(ref.ood) == {"sst2/validation"} and len(ref.ood["sst2/validation"]) > 0
     assert result["metrics"]["recorder/x/y"] == 1.0
     # the second run takes collect's result from the cache
     monkeypatch.setattr(
@@ -333,8 +333,8 @@ def test_extra_split_and_per_characteristic_splits(trained, tmp_path, monkeypatc
     only_test.splits = ["test"]
     only_test.name = "recorder_test"
     everywhere.seen = []
-    built = pipeline.build_characteristics
-    monkeypatch.setattr(pipeline, "build_characteristics", lambda c: [*built(c), only_test, everywhere])
+    built = plan.build_characteristics
+    monkeypatch.setattr(plan, "build_characteristics", lambda c: [*built(c), only_test, everywhere])
     overrides = [
         *_overrides_of(cfg),
         f"paths.data_dir={data}",
@@ -348,14 +348,14 @@ def test_extra_split_and_per_characteristic_splits(trained, tmp_path, monkeypatc
     assert any(k.startswith("test_advglue/errors/tiny_ref_vs_") and k.endswith("/agreement") for k in metrics)
     assert "recorder_test/x/y" in metrics and "test_advglue/recorder_test/x/y" not in metrics
     assert "test_advglue/recorder/x/y" in metrics
-    assert {len(ref["ood"]["sst2/validation"]) for ref, _ in everywhere.seen} == {5}
+    assert {len(ref.ood["sst2/validation"]) for ref, _ in everywhere.seen} == {5}
 
 
 def test_ood_set_with_other_labels_is_refused(trained, tmp_path):
     _, cfg, _ = trained
     bad = compose("evaluate", [*_overrides_of(cfg), f"paths.output_dir={tmp_path}/run", "ood=[mnli/test]"])
     with pytest.raises(ValueError, match="must share the task's label names"):
-        pipeline.ood_sets(bad, dict(bad.task))
+        plan.ood_sets(bad, dict(bad.task))
 
 
 def test_killed_training_leaves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp_path, monkeypatch):
@@ -402,10 +402,10 @@ def test_limit_examples_is_a_hash_sample_not_the_first_ids():
 
     ids = list(range(1000))
     split = Dataset.from_dict({"id": ids, "label": [1] * 500 + [0] * 500})  # sorted by label, like IMDB
-    sample = pipeline._limit(split, 100)
+    sample = plan.limit(split, 100)
     assert len(sample) == 100 and 20 < sum(sample["label"]) < 80
     shuffled = split.shuffle(seed=3)
-    assert sorted(pipeline._limit(shuffled, 100)["id"]) == sorted(sample["id"])
+    assert sorted(plan.limit(shuffled, 100)["id"]) == sorted(sample["id"])
 
 
 def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
@@ -416,5 +416,5 @@ def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     cfg = compose("evaluate", ["task=mrpc", f"paths.output_dir={tmp_path}", "logger=none"])
-    with pytest.raises(ConnectionError, match=r"paths.data_dir=\.\./shared/data"):
+    with pytest.raises(ConnectionError, match=r"set paths.data_dir to a folder of local task files"):
         pipeline.load_task_data(cfg)

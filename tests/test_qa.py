@@ -1,6 +1,6 @@
-"""Extractive QA (task kind qa): features, post-processing into outputs, and train -> evaluate end to end on
-a tiny BERT and a synthetic SQuAD 2.0 file (answerable and unanswerable questions, contexts longer than
-one window)."""
+"""Extractive QA (task kind extractive_qa): features, post-processing into outputs, and train -> evaluate end
+to end on a tiny BERT and a synthetic SQuAD 2.0 file (answerable and unanswerable questions, contexts longer
+than one window)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import pytest
 import torch
 from conftest import FILLER, POSITIVE, compose, forbid, tiny_overrides
 
-from trustequiv import pipeline
-from trustequiv.qa import (
+from plugins.tasks import extractive_qa
+from plugins.tasks.extractive_qa import (
     apply_null_threshold,
     choose_null_threshold,
     encode_qa,
     qa_outputs_from_logits,
     qa_settings,
 )
+from trustequiv import pipeline, plan, training
 
 MAX_LENGTH, DOC_STRIDE = 40, 12
 
@@ -116,7 +117,7 @@ def test_outputs_from_hand_made_logits(squad_dir):
     emb = torch.arange(6.0).reshape(3, 2)
     settings = qa_settings({})
     out = qa_outputs_from_logits("m", data, features, s, e, emb, ("no_answer", "answer"), settings)
-    assert out.extras["qa"]["prediction"] == ["cc", ""]
+    assert out.columns["prediction"] == ["cc", ""]
     assert out.correct.tolist() == [True, True] and out.labels.tolist() == [1, 0]
     assert out.logits.tolist() == [[1.0, 10.0], [6.0, 4.0]]
     assert out.predictions.tolist() == [1, 0]
@@ -132,13 +133,13 @@ def test_outputs_from_hand_made_logits(squad_dir):
         ("no_answer", "answer"),
         {**settings, "null_score_diff_threshold": 2.5},
     )
-    assert out.extras["qa"]["prediction"] == ["cc", "bb"]
-    assert out.correct.tolist() == [True, False] and out.extras["qa"]["f1"] == [1.0, 0.0]
+    assert out.columns["prediction"] == ["cc", "bb"]
+    assert out.correct.tolist() == [True, False] and out.columns["f1"] == [1.0, 0.0]
     # thresholding the threshold-0 outputs afterwards is the same decision
     later = apply_null_threshold(
         qa_outputs_from_logits("m", data, features, s, e, emb, ("no_answer", "answer"), settings), 2.5
     )
-    assert later.extras["qa"]["prediction"] == ["cc", "bb"] and later.correct.tolist() == [True, False]
+    assert later.columns["prediction"] == ["cc", "bb"] and later.correct.tolist() == [True, False]
     assert later.predictions.tolist() == [1, 1]  # the answer logit carries the threshold
     # best F1 on these two: answer q0 (diff -9), abstain on q1 (diff 2): threshold -9, F1 1
     chosen = choose_null_threshold(out)
@@ -192,9 +193,10 @@ def test_qa_train_evaluate_and_cache(squad_dir, tiny_bert, tmp_path, monkeypatch
     header = (Path(first["output_dir"]) / "predictions" / "tiny_ref.csv").read_text().splitlines()[0]
     assert header == "example_id,gold_label,predicted_label,p_no_answer,p_answer,predicted_answer,exact,f1"
     meta = json.loads((tmp_path / "models" / "squad2" / "tiny_ref" / "trustequiv.json").read_text())
-    assert meta["kind"] == "qa" and meta["best_val_loss"] is not None
+    assert meta["kind"] == "extractive_qa" and meta["best_val_loss"] is not None
 
-    forbid(monkeypatch, pipeline, "load_qa_model", "fine_tune_qa")
+    forbid(monkeypatch, extractive_qa, "load_qa_model")
+    forbid(monkeypatch, training, "fine_tune")
     again = pipeline.evaluate(cfg)
     assert all(again["cached"].values())
     assert again["metrics"] == pytest.approx(m, nan_ok=True)
@@ -258,7 +260,7 @@ def test_qa_task_configs(name):
     import hydra
 
     cfg = compose("evaluate", ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none", f"task=qa/{name}"])
-    assert cfg.task.name == name and cfg.task.kind == "qa"
+    assert cfg.task.name == name and cfg.task.kind == "extractive_qa"
     assert list(cfg.task.label_names) == ["no_answer", "answer"]
     assert hasattr(hydra.utils.instantiate(cfg.task.loader), "load")
 
@@ -279,7 +281,7 @@ def test_squad2_ood_sets_on_real_data():
     )
     dd = pipeline.load_task_data(cfg)
     assert {k: len(v) for k, v in dd.items()} == {"train": 4450, "validation": 486, "test": 1142}
-    sets = pipeline.ood_sets(cfg, pipeline._plain(cfg.task))
+    sets = plan.ood_sets(cfg, plan.plain(cfg.task))
     assert {k: len(v[1]) for k, v in sets.items()} == {"subjqa/test": 2362, "covid_qa/test": 1380}
 
 
@@ -347,10 +349,10 @@ def test_optional_ood_set_is_skipped_when_missing(squad_dir):
         f"paths.data_dir={squad_dir}",
     ]
     cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test?]"])
-    assert pipeline.ood_sets(cfg, pipeline._plain(cfg.task)) == {}
+    assert plan.ood_sets(cfg, plan.plain(cfg.task)) == {}
     cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test]"])
     with pytest.raises(FileNotFoundError, match="newsqa"):
-        pipeline.ood_sets(cfg, pipeline._plain(cfg.task))
+        plan.ood_sets(cfg, plan.plain(cfg.task))
 
 
 def test_qa_characteristic_aligns_rows_by_id():
@@ -366,7 +368,7 @@ def test_qa_characteristic_aligns_rows_by_id():
             labels=torch.ones(n, dtype=torch.long),
             label_names=("no_answer", "answer"),
             correct=torch.tensor(exact, dtype=torch.bool),
-            extras={"qa": {"prediction": preds, "exact": exact, "f1": exact, "has_answer": [True] * n}},
+            columns={"prediction": preds, "exact": exact, "f1": exact, "has_answer": [True] * n},
         )
 
     ref = out("r", [1, 2, 3], ["a", "b", "c"], [1, 1, 0])
@@ -383,7 +385,6 @@ def test_killed_qa_prediction_resumes(squad_dir, tiny_bert, tmp_path, monkeypatc
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from trustequiv import cache as cache_mod
-    from trustequiv import qa
     from trustequiv.cache import OutputCache
 
     ckpt = tmp_path / "qa_model"
@@ -398,11 +399,11 @@ def test_killed_qa_prediction_resumes(squad_dir, tiny_bert, tmp_path, monkeypatc
 
     def run(cache):
         def load():
-            return qa.load_qa_model(str(ckpt))
+            return extractive_qa.load_qa_model(str(ckpt))
 
-        return qa.predict_qa_outputs(
+        return extractive_qa.predict_qa_outputs(
             "m", "fp", load, split, task_cfg=task, split="test", cache=cache,
-            trainer_cfg=trainer_cfg, predict_cfg={"batch_size": 2},
+            trainer_cfg=trainer_cfg, predict_cfg={"batch_size": 2}, key_extra={"data": "d"},
         )  # fmt: skip
 
     clean, _ = run(OutputCache(tmp_path / "clean"))
@@ -425,6 +426,8 @@ def test_killed_qa_prediction_resumes(squad_dir, tiny_bert, tmp_path, monkeypatc
     out, was_cached = run(cache)
     assert not was_cached and not set(windows[4:]) & set(first_run)  # finished windows not redone
     assert torch.equal(out.example_ids, clean.example_ids) and torch.equal(out.correct, clean.correct)
-    torch.testing.assert_close(out.logits, clean.logits)
-    torch.testing.assert_close(out.embeddings, clean.embeddings)
+    # float32 forward passes of the resumed windows need not be bit-identical to the clean run's (batch
+    # shapes, CPU kernels): compare within a tolerance scaled to the values' size
+    for got, want in ((out.logits, clean.logits), (out.embeddings, clean.embeddings)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * max(1.0, float(want.abs().max())))
     assert not list((tmp_path / "resumed").rglob("*.partial"))

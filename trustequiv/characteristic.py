@@ -21,28 +21,41 @@ class Characteristic(ABC):
     Subclasses implement :meth:`compare` (pure: tensors in, numbers out; no Lightning, W&B or network) and
     may override :meth:`per_model` (numbers about one model alone) and :meth:`collect` (per-model work that
     needs the model itself, e.g. attributions or attacks; the pipeline caches its return value and passes it
-    back through ``ModelOutputs.extras[self.name]``).
+    back through ``ModelOutputs.collected[self.name]``).
 
     The pipeline calls :meth:`evaluate` with every model's outputs; the default runs ``per_model`` on each
     model and ``compare`` on every (reference, candidate) pair, then :meth:`summarize` over all models.
 
-    A characteristic that sets :attr:`needs_ood` receives, in ``outputs.extras["ood"]``, a mapping
+    A characteristic that sets :attr:`needs_ood` receives, in ``outputs.ood``, a mapping
     ``"<task>/<split>" -> ModelOutputs`` with the same model's outputs on each out-of-distribution set the
     task names (``task.ood`` in its config, or ``ood=[...]`` on the command line), computed through the cache.
+
+    Each characteristic declares its headline metrics (:attr:`headline_model`, :attr:`headline_pair`): the
+    report's first tables show them; the core names none.
     """
 
     #: registry name; the key under ``characteristic:`` in the config and the metric prefix.
     name: str = "characteristic"
     #: whether :meth:`collect` needs the model (the pipeline then loads it and caches the result).
     needs_model: bool = False
-    #: whether the pipeline must attach out-of-distribution outputs (``outputs.extras["ood"]``).
+    #: whether :meth:`collect` needs gradients through the model (a torch model, not e.g. an ONNX file).
+    needs_gradients: bool = False
+    #: whether it needs per-example scores (logits); outputs that carry only correctness (a released error
+    #: set) are then not given to it.
+    needs_scores: bool = True
+    #: whether the pipeline must attach out-of-distribution outputs (``outputs.ood``).
     needs_ood: bool = False
     #: whether the pipeline calls :meth:`replay` on every model after all models' :meth:`collect` (cross-model
-    #: work that needs this model and the others' extras, e.g. replaying adversarial texts found on another).
+    #: work that needs this model and the others' collected results, e.g. replaying adversarial texts found
+    #: on another).
     needs_replay: bool = False
     #: the evaluation splits it runs on (``None``: all). Set from the config key ``splits`` by the pipeline,
     #: e.g. ``splits: ["${task.eval_split}"]`` keeps an expensive attack off an extra split such as AdvGLUE.
     splits: Sequence[str] | None = None
+    #: per-model metric names shown in the report's headline table (e.g. ``("accuracy", "ece_uniform")``).
+    headline_model: tuple[str, ...] = ()
+    #: reference-vs-candidate metric names shown in the headline table (e.g. ``("error_jaccard",)``).
+    headline_pair: tuple[str, ...] = ()
 
     def runs_on(self, split: str) -> bool:
         """Whether this characteristic is evaluated on ``split``."""
@@ -54,7 +67,9 @@ class Characteristic(ABC):
         """Per-model work that needs the model itself; the result must be JSON-serialisable (it is cached).
 
         Args:
-            model: a :class:`trustequiv.models.LoadedModel` (eval-mode model, tokenizer, label permutation).
+            model: a :class:`trustequiv.sources.ModelHandle`: ``model.scorer(task)`` scores texts (every
+                source that has a model), ``model.loaded`` is the torch model for gradient methods (None
+                where the source has none, e.g. ONNX: raise a ValueError saying so).
             outputs: the model's cached outputs on this split.
             data: the split as a ``datasets.Dataset`` with ``id``, ``text_a``, [``text_b``], ``label``, in the
                 same example order as ``outputs``.
@@ -72,9 +87,9 @@ class Characteristic(ABC):
     ) -> Mapping[str, Any]:
         """Second per-model pass (only if :attr:`needs_replay`), after every model's :meth:`collect`.
 
-        ``others`` maps each other model's name to its outputs with their ``collect`` extras (no replay
-        results). The JSON-serialisable return is cached (key: this model, the config, the others' extras) and
-        attached as ``outputs.extras[self.name]["replay"]``; arguments otherwise as in :meth:`collect`.
+        ``others`` maps each other model's name to its outputs with their ``collect`` results (no replay
+        results). The JSON-serialisable return is cached (key: this model, the config, the others' results)
+        and attached as ``outputs.collected[self.name]["replay"]``; arguments otherwise as in :meth:`collect`.
         """
         return {}
 

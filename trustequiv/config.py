@@ -1,12 +1,17 @@
-"""Config helpers: OmegaConf resolvers, run setup and clear errors for unknown plugin names."""
+"""Config helpers: OmegaConf resolvers, run setup (SIGTERM, logging), checks of config values and clear errors
+for unknown plugin names."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from trustequiv.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +34,20 @@ def minilm_path() -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${minilm_path:}``; safe to call more than once."""
+    """Register ``${minilm_path:}`` and ``${run_id:}`` (unique run dirs); safe to call more than once."""
+    from trustequiv.cache import run_id
+
     if not OmegaConf.has_resolver("minilm_path"):
         OmegaConf.register_new_resolver("minilm_path", minilm_path)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
 
 
 def available(group: str) -> list[str]:
-    """Names of the config files in ``conf/<group>/`` (the plugin registry)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """Names of the config files in ``conf/<group>/`` and its nested groups (the plugin registry):
+    ``conf/task/qa/squad2.yaml`` is ``qa/squad2``, selected as ``task=qa/squad2``."""
+    root = CONF_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 class Terminated(SystemExit):
@@ -66,6 +77,74 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
+
+
+# Config keys that count something (>= 1): 0 or a negative value otherwise fails late, deep in a sampler.
+_POSITIVE_KEYS = ("predict.batch_size", "task.training.batch_size")
+# Keys that may also be null (= all examples).
+_POSITIVE_OR_NULL_KEYS = ("limit_examples",)
+
+
+def _positive(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return float(value).is_integer() and int(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
+    from trustequiv.errors import ConfigError
+
+    allowed = "a whole number >= 1" + (" or null (all)" if null else "")
+    return ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}", f"set e.g. {key}={example}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse settings that cannot work before anything is loaded, naming the key: the batch sizes
+    (``predict.batch_size``, ``task.training.batch_size``) must be >= 1;
+    ``limit_examples``, ``limit_ood_examples`` (an int or a mapping of them) and
+    ``characteristic.<name>.n_examples`` must be >= 1 or null. Absent keys are not checked.
+
+    Raises:
+        trustequiv.errors.ConfigError: the first value that breaks this (the message names the key).
+    """
+    for key in _POSITIVE_KEYS + _POSITIVE_OR_NULL_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if not _positive(value):
+            raise _refuse(
+                key, value, null=key in _POSITIVE_OR_NULL_KEYS, example=16 if "batch" in key else 100
+            )
+    ood = cfg.get("limit_ood_examples")
+    items = ood.items() if isinstance(ood, DictConfig) else [(None, ood)]
+    for name, value in items:
+        key = "limit_ood_examples" if name is None else f"limit_ood_examples.{name}"
+        if value is not None and not _positive(value):
+            raise _refuse(key, value, null=True, example=100)
+    for name, node in (cfg.get("characteristic") or {}).items():
+        value = node.get("n_examples") if isinstance(node, DictConfig) else None
+        if value is not None and not _positive(value):
+            raise _refuse(f"characteristic.{name}.n_examples", value, null=True, example=100)
+
+
+def lightning_logs_once() -> None:
+    """Print each Lightning log line once: Lightning's ``lightning`` logger has a console handler of its own
+    and also passes its lines to the root logger, whose handlers Hydra set up (console and the run's log
+    file), so "GPU available ..." and the model summary appeared twice. With root handlers present, the own
+    handlers go and every Lightning logger passes its lines to root (so the log file has them too)."""
+    import lightning  # noqa: F401 - importing it adds the handlers this removes
+
+    if not logging.getLogger().handlers:  # no Hydra logging (hydra/job_logging=disabled): keep Lightning's
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # the console ones, never a file handler
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,22 +143,51 @@ class BucketBatchSampler(Sampler[list[int]]):
         return n_batches // self.num_replicas
 
 
+#: the token features a batch is padded in (those a tokenizer returns, in this order).
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def pad_features(
+    features: Sequence[Mapping[str, Sequence[int]]], pad_id: int, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
+    """Pad token features to the longest row: the one padding of every batch (training, cached prediction,
+    the text scorer, integrated gradients).
+
+    Args:
+        features: per row, ``input_ids``, ``attention_mask`` and optionally ``token_type_ids`` (the keys the
+            first row has are padded; other keys are ignored).
+        pad_id: the tokenizer's pad token id (``input_ids`` fill); masks and token types are filled with 0.
+        device: where the tensors are made (default: CPU).
+
+    Returns:
+        ``{key: (B, T) int64 tensor}`` with ``T`` the longest row's length.
+    """
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    for key in TOKEN_KEYS:
+        if key not in features[0]:
+            continue
+        fill = pad_id if key == "input_ids" else 0
+        batch[key] = torch.tensor(
+            [list(f[key]) + [fill] * (width - len(f[key])) for f in features], dtype=torch.long, device=device
+        )
+    return batch
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad token id, 0 when it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 class PadCollator:
-    """Pads examples to the batch's longest sequence; returns tensors plus ``example_id`` and ``labels``."""
+    """Pads examples to the batch's longest sequence (:func:`pad_features`); returns tensors plus
+    ``example_id`` and ``labels``."""
 
     def __init__(self, tokenizer):
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id_of(tokenizer)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        batch: dict[str, torch.Tensor] = {}
-        for key in ("input_ids", "attention_mask", "token_type_ids"):
-            if key not in examples[0]:
-                continue
-            fill = self.pad_id if key == "input_ids" else 0
-            batch[key] = torch.tensor(
-                [e[key] + [fill] * (width - len(e[key])) for e in examples], dtype=torch.long
-            )
+        batch = pad_features(examples, self.pad_id)
         batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
         batch["example_id"] = torch.tensor([e["example_id"] for e in examples], dtype=torch.long)
         return batch

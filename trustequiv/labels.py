@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 __all__ = [
     "DEFAULT_ALIASES",
     "LabelMismatchError",
+    "best_label_permutation",
     "id2label_names",
+    "label_order_warning",
     "label_permutation",
     "normalize_label",
     "resolve_label",
@@ -173,3 +178,120 @@ def id2label_names(id2label: Mapping[int | str, str]) -> list[str]:
     if sorted(items) != list(range(len(items))):
         raise ValueError(f"id2label keys must be 0..{len(items) - 1}, got {sorted(items)}")
     return [items[i] for i in range(len(items))]
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def best_label_permutation(
+    logits_or_predictions: Any, labels: Any, n_classes: int
+) -> tuple[list[int], float, float]:
+    """The column order of a classifier's outputs that best agrees with the gold labels.
+
+    A checkpoint whose class order was declared wrongly (a generic ``LABEL_0..n`` head read in the task's
+    order) still separates the classes, so its accuracy under the right permutation is high while its accuracy
+    as given is near or below chance. The permutation maximising the diagonal of the confusion matrix is found
+    with the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``); ties keep the order as given.
+
+    Args:
+        logits_or_predictions: ``(N, C)`` scores (numpy or torch; the argmax is taken) or ``(N,)`` predicted
+            class ids in ``range(n_classes)``.
+        labels: ``(N,)`` gold class ids; ids ``< 0`` (unlabelled) are ignored.
+        n_classes: ``C``.
+
+    Returns:
+        ``(perm, accuracy_best, accuracy_as_is)``: ``perm[j]`` is the column (predicted id) that is really
+        class ``j``, so ``logits[:, perm]`` scores ``accuracy_best``; accuracies are fractions of the labelled
+        examples.
+
+    Raises:
+        ValueError: shapes do not match, no example is labelled, or an id lies outside ``range(n_classes)``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    scores = _as_numpy(logits_or_predictions)
+    gold = _as_numpy(labels).astype(np.int64).reshape(-1)
+    if scores.ndim == 2:
+        if scores.shape[1] != n_classes:
+            raise ValueError(f"logits have {scores.shape[1]} columns but n_classes={n_classes}")
+        pred = scores.argmax(axis=1)
+    elif scores.ndim == 1:
+        pred = scores.astype(np.int64)
+    else:
+        raise ValueError(f"expected (N, C) logits or (N,) predictions, got shape {scores.shape}")
+    if pred.shape[0] != gold.shape[0]:
+        raise ValueError(f"{pred.shape[0]} predictions but {gold.shape[0]} labels")
+    keep = gold >= 0
+    pred, gold = pred[keep], gold[keep]
+    if gold.size == 0:
+        raise ValueError("no labelled example (all labels < 0): accuracy is undefined")
+    for what, ids in (("prediction", pred), ("label", gold)):
+        if ids.min() < 0 or ids.max() >= n_classes:
+            raise ValueError(f"{what} ids must lie in range({n_classes}), got {ids.min()}..{ids.max()}")
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)  # [predicted, gold]
+    np.add.at(confusion, (pred, gold), 1)
+    rows, cols = linear_sum_assignment(confusion, maximize=True)
+    best = int(confusion[rows, cols].sum())
+    as_is = int(np.trace(confusion))
+    if as_is >= best:  # the order as given is (one of) the best: never suggest an equal-scoring shuffle
+        return list(range(n_classes)), as_is / gold.size, as_is / gold.size
+    perm = [0] * n_classes
+    for pred_id, gold_id in zip(rows, cols, strict=True):
+        perm[int(gold_id)] = int(pred_id)
+    return perm, best / gold.size, as_is / gold.size
+
+
+def label_order_warning(
+    outputs: Any,
+    label_names: Sequence[str] | None = None,
+    min_gap: float = 0.2,
+    min_examples: int = 50,
+) -> str | None:
+    """A one-line warning when a model scores far better with its logit columns permuted: a wrong class order.
+
+    Meant to run after prediction on a labelled split (logits already in the task's canonical order).
+
+    Args:
+        outputs: a :class:`trustequiv.outputs.ModelOutputs` (``name``, ``logits (N, C)``, ``labels (N,)``,
+            ``label_names``); outputs without logits, or whose correctness is not ``argmax == label``
+            (extractive QA sets ``correct``), are skipped.
+        label_names: the class names the checkpoint's logit columns were read as, in the checkpoint's order
+            (``model.label_names`` or its ``config.id2label``); ``None``: the canonical order itself.
+        min_gap: warn only when the best permutation's accuracy exceeds the accuracy as given by this much.
+        min_examples: labelled examples needed before judging (fewer: ``None``).
+
+    Returns:
+        ``None`` when the order looks right (or cannot be judged), else a message naming the permutation and
+        the ``model.label_names=[...]`` to declare, e.g.
+        ``model.label_names=[contradiction,entailment,neutral]``.
+
+    Raises:
+        trustequiv.labels.LabelMismatchError: ``label_names`` cannot be matched to ``outputs.label_names``.
+    """
+    logits = getattr(outputs, "logits", None)
+    if logits is None or getattr(outputs, "correct", None) is not None:
+        return None
+    canonical = list(outputs.label_names)
+    gold = _as_numpy(outputs.labels).reshape(-1)
+    n = int((gold >= 0).sum())
+    if n < min_examples or len(canonical) < 2:
+        return None
+    perm, best, as_is = best_label_permutation(logits, gold, len(canonical))
+    if best - as_is < min_gap:
+        return None
+    source = list(label_names) if label_names else list(canonical)
+    # canonical column k holds checkpoint column read_as[k]; canonical class j really sits in column perm[j]
+    read_as = label_permutation(source, canonical)
+    fixed = list(source)
+    for j, name in enumerate(canonical):
+        fixed[read_as[perm[j]]] = name
+    moved = ", ".join(f"{canonical[perm[j]]}->{canonical[j]}" for j in range(len(canonical)) if perm[j] != j)
+    name = getattr(outputs, "name", "model")
+    return (
+        f"{name}: accuracy {as_is:.1%} with its classes as declared but {best:.1%} "
+        f"with the logit columns permuted ({moved}; n={n}): its label order is probably wrong. "
+        f"Declare model.label_names=[{','.join(fixed)}] (the checkpoint's class names in its logit order)."
+    )

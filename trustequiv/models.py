@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from trustequiv.cache import CACHE_FIX, atomic_write_text, not_readable, path_lock, quarantine_file
 from trustequiv.compressor import Compressor
 from trustequiv.labels import id2label_names, label_permutation
 
@@ -22,8 +24,28 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "trustequiv.json"
 # Files that define a checkpoint's behaviour; anything else in the dir (logs, README) is not hashed.
 _FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
-# A checkpoint may only name compressors from these modules: its metadata must not run arbitrary code.
-_TRUSTED_TARGETS = ("plugins.compressors.", "trustequiv.")
+# Names that become one directory component: no separators, no "."/".." or hidden names (a leading dot).
+_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]{0,199}")
+# Compressor settings a recipe may carry: plain JSON values, so building one can run no chosen code.
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_name(name: Any, key: str) -> str:
+    """``name`` if it is safe as one directory component, else an error naming the config ``key``.
+
+    Letters, digits and ``_ - . +``, at most 200 characters, not starting with a dot (so never ``.``, ``..``
+    or hidden). ``model.name=../../x`` once wrote a checkpoint outside ``paths.models_dir``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = str(name)
+    if not _NAME.fullmatch(text):
+        raise ValueError(
+            f"{key}={text!r} is not a valid name: use letters, digits and _ - . + only (no '/' or '\\', "
+            "no leading dot, at most 200 characters); it names a directory under paths.models_dir"
+        )
+    return text
 
 
 @dataclass
@@ -50,25 +72,32 @@ class ModelSpec:
 
     @classmethod
     def from_config(
-        cls, model_cfg: DictConfig | dict, compressor_cfg: DictConfig | dict | None = None
+        cls,
+        model_cfg: DictConfig | dict,
+        compressor_cfg: DictConfig | dict | None = None,
+        *,
+        key: str = "model",
     ) -> ModelSpec:
         """Build from a ``conf/model`` node and an optional ``conf/compressor`` node.
 
+        ``key``: the config key of the model node (``model``, ``reference``), named in errors.
+
         Raises:
-            ValueError: the node lacks ``name`` or ``pretrained``.
+            ValueError: the node lacks ``name`` or ``pretrained``; the model's or compressor's ``name`` is not
+                a safe directory name (:func:`check_name`).
         """
         m = (
             OmegaConf.to_container(model_cfg, resolve=True)
             if isinstance(model_cfg, DictConfig)
             else dict(model_cfg)
         )
-        for key in ("name", "pretrained"):
-            if not m.get(key):
+        for field_name in ("name", "pretrained"):
+            if not m.get(field_name):
                 raise ValueError(
-                    f"model config needs '{key}' (got {sorted(m)}); see conf/model/bert_base.yaml"
+                    f"{key} config needs '{field_name}' (got {sorted(m)}); see conf/model/bert_base.yaml"
                 )
         base = cls(
-            name=str(m["name"]),
+            name=check_name(m["name"], f"{key}.name"),
             pretrained=str(m["pretrained"]),
             checkpoint=m.get("checkpoint"),
             label_names=m.get("label_names"),
@@ -85,7 +114,7 @@ class ModelSpec:
         if not c:
             return base
         return cls(
-            name=f"{base.name}+{c['name']}",
+            name=f"{base.name}+{check_name(c.get('name', ''), 'compressor.name')}",
             pretrained=base.pretrained,
             checkpoint=None,
             label_names=base.label_names,
@@ -96,22 +125,75 @@ class ModelSpec:
         )
 
     def default_dir(self, models_dir: str | Path, task: str) -> Path:
-        """``<models_dir>/<task>/<name>``: where train.py saves and evaluate.py looks."""
-        return Path(models_dir) / task / self.name
+        """``<models_dir>/<task>/<name>``: where train.py saves and evaluate.py looks.
+
+        Raises:
+            ValueError: ``task`` or the name is not a safe directory name, so the path could leave
+                ``models_dir`` (checked here too, for specs not made by :meth:`from_config`).
+        """
+        root = Path(models_dir)
+        out = root / check_name(task, "task.name") / check_name(self.name, "model.name")
+        if not Path(os.path.normpath(out)).is_relative_to(os.path.normpath(root)):
+            raise ValueError(f"model directory {out} is outside paths.models_dir={root}")
+        return out
+
+
+def compressor_registry() -> dict[str, type[Compressor]]:
+    """Compressor name -> class, from the project's own ``conf/compressor/<name>.yaml`` files (the plugin
+    registry): each names its class under ``plugins.compressors``. Only these names can be built, so a new
+    compressor is a class plus its config file."""
+    from hydra.utils import get_class
+
+    from trustequiv.config import CONF_DIR, available
+
+    registry: dict[str, type[Compressor]] = {}
+    for name in available("compressor"):
+        target = str(OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml").get("_target_", ""))
+        cls = get_class(target) if target.startswith("plugins.compressors.") else None
+        if isinstance(cls, type) and issubclass(cls, Compressor):
+            registry[name] = cls
+    return registry
 
 
 def build_compressor(recipe: dict[str, Any]) -> Compressor:
-    """Instantiate a compressor from its config/recipe.
+    """The compressor a config node or a checkpoint's recipe names, built by name, never by ``_target_``.
+
+    ``recipe["name"]`` picks the class from :func:`compressor_registry`; the other keys (less ``_target_``,
+    which is ignored) are its keyword arguments and must be plain JSON values (strings, numbers, booleans,
+    null, lists of those). A checkpoint's ``trustequiv.json`` is data from wherever the checkpoint came from:
+    instantiating its ``_target_`` through Hydra once let a crafted checkpoint write a file of its choosing.
 
     Raises:
-        ValueError: ``_target_`` is missing or outside ``plugins.compressors`` / ``trustequiv``.
+        ValueError: no or unknown ``name`` (the message lists the known ones), a key starting with ``_``
+            other than ``_target_``, a value that is not plain JSON, or a keyword the class does not take.
     """
-    target = str(recipe.get("_target_", ""))
-    if not target.startswith(_TRUSTED_TARGETS):
+    if not isinstance(recipe, dict):
+        raise ValueError(f"a compressor recipe is a mapping with a 'name', got {type(recipe).__name__}")
+    registry = compressor_registry()
+    name = recipe.get("name")
+    if not isinstance(name, str) or name not in registry:
         raise ValueError(
-            f"compressor target {target!r} is not a trustequiv compressor (plugins.compressors.*)"
+            f"unknown compressor {name!r}; known: {sorted(registry)} "
+            "(a new one is a class in plugins/compressors/ and its conf/compressor/<name>.yaml)"
         )
-    return hydra.utils.instantiate(recipe)
+    cls = registry[name]
+    target = recipe.get("_target_")
+    if target is not None and target != f"{cls.__module__}.{cls.__qualname__}":
+        log.warning("compressor %s: ignoring _target_ %r; building %s by name", name, target, cls.__name__)
+    kwargs = {k: v for k, v in recipe.items() if k not in ("_target_", "name")}
+    for k, v in kwargs.items():
+        plain = isinstance(v, _SCALARS) or (isinstance(v, list) and all(isinstance(x, _SCALARS) for x in v))
+        if not isinstance(k, str) or k.startswith("_") or not plain:
+            raise ValueError(
+                f"compressor {name}: setting {k}={v!r} is not allowed (settings are plain JSON values: "
+                "strings, numbers, booleans, null or lists of those; no '_'-prefixed keys)"
+            )
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kwargs if k not in params)
+        if unknown:
+            raise ValueError(f"compressor {name} takes no setting(s) {unknown}; it takes {sorted(params)}")
+    return cls(**kwargs)
 
 
 def resolve_checkpoint(spec: ModelSpec, task: str, models_dir: str | Path) -> str | None:
@@ -122,52 +204,110 @@ def resolve_checkpoint(spec: ModelSpec, task: str, models_dir: str | Path) -> st
     return str(default) if (default / "config.json").exists() else None
 
 
+_NO_HUB_FIX = (
+    "point model.checkpoint (or model.pretrained) at a local model directory, or use model=minilm / "
+    "experiment=offline_minilm, which need no hub"
+)
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"]
+
+
 def local_dir(checkpoint: str, revision: str | None = None) -> Path:
     """A local directory for ``checkpoint``: itself if it is one, else a hub snapshot.
 
+    The hub is probed first (:func:`trustequiv.errors.check_hub`): unreachable, a snapshot downloaded
+    before is used, else the run stops within seconds instead of after the hub client's retries.
+
     Raises:
-        FileNotFoundError: not a local dir and the hub cannot provide it (offline, unknown id).
+        trustequiv.errors.MissingFileError: a local path that does not exist or holds no config.json; a hub
+            id that is unknown, or not cached while ``HF_HUB_OFFLINE=1`` (a FileNotFoundError).
+        trustequiv.errors.HubUnreachableError: the hub does not answer and no snapshot is cached (a
+            ConnectionError).
     """
+    from trustequiv.errors import HubUnreachableError, MissingFileError, check_hub, hub_offline
+
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face model directory")
+            raise MissingFileError(
+                f"{path} has no config.json: it is not a Hugging Face model directory",
+                "point model.checkpoint (or model.pretrained) at a directory written by save_pretrained "
+                "(config.json, weights, tokenizer files)",
+            )
         return path.resolve()
     if path.is_absolute() or checkpoint.startswith((".", "~")) or checkpoint.count("/") > 1:
-        raise FileNotFoundError(f"checkpoint directory {checkpoint} does not exist")
+        raise MissingFileError(
+            f"checkpoint directory {checkpoint} does not exist",
+            "check the path in model.checkpoint (or model.pretrained); relative paths start from the "
+            "directory the command runs in",
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(
-            snapshot_download(
-                checkpoint,
-                revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin"],
+        check_hub(f"model '{checkpoint}'", _NO_HUB_FIX)
+    except HubUnreachableError as unreachable:
+        try:  # a snapshot downloaded before still serves
+            cached = snapshot_download(
+                checkpoint, revision=revision, allow_patterns=_HUB_FILES, local_files_only=True
             )
-        )
+        except Exception:
+            raise unreachable from None
+        log.warning("the Hugging Face hub is unreachable: using the cached snapshot of %s", checkpoint)
+        return Path(cached)
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=_HUB_FILES))
     except Exception as err:
-        raise FileNotFoundError(
-            f"could not get '{checkpoint}' from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Offline, point model.checkpoint (or model.pretrained) at a local directory, or use "
-            "model=minilm / "
-            "experiment=offline_minilm, which need no hub."
+        if hub_offline():
+            raise MissingFileError(
+                f"'{checkpoint}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+                "downloading it",
+                f"{_NO_HUB_FIX}; or download it once with HF_HUB_OFFLINE unset",
+            ) from None
+        reason = " ".join(str(err).split())[:200]
+        raise MissingFileError(
+            f"could not get '{checkpoint}' from the Hugging Face hub ({type(err).__name__}: {reason})",
+            f"check the id (and model.revision) on huggingface.co; or {_NO_HUB_FIX}",
         ) from None
+
+
+def _load_memo(memo_file: Path) -> dict[str, str]:
+    """The fingerprint memo (file key -> SHA-256), ``{}`` if absent; a malformed one (not JSON, not an object
+    of strings) is moved to ``<its dir>/corrupt/`` and ``{}`` returned, so the digests are recomputed.
+
+    Raises:
+        trustequiv.cache.CachePermissionError: it exists but this user may not read it.
+    """
+    try:
+        raw = memo_file.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except PermissionError as err:
+        raise not_readable(memo_file, err) from err
+    try:
+        memo = json.loads(raw)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not text
+        quarantine_file(memo_file, err)
+        return {}
+    if not isinstance(memo, dict) or not all(isinstance(v, str) for v in memo.values()):
+        quarantine_file(memo_file, TypeError("expected a JSON object of digests"))
+        return {}
+    return memo
 
 
 def fingerprint(directory: str | Path, memo_file: str | Path | None = None) -> str:
     """SHA-256 over the names and bytes of a checkpoint directory's model files (config, weights, tokenizer,
-    trustequiv.json). Memoised by (path, size, mtime) in ``memo_file`` so large weights are hashed once.
+    trustequiv.json). Memoised by (path, size, mtime) in ``memo_file`` so large weights are hashed once; a
+    malformed memo is set aside and rebuilt, and concurrent runs merge their entries under its lock.
+
+    Raises:
+        trustequiv.cache.CachePermissionError: the memo exists but this user may not read it.
+        trustequiv.cache.CacheNotWritableError: the memo cannot be written (read-only ``paths.cache_dir``).
     """
     directory = Path(directory).resolve()
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _FINGERPRINT_SUFFIXES)
-    memo: dict[str, str] = {}
-    if memo_file is not None and Path(memo_file).exists():
-        try:
-            memo = json.loads(Path(memo_file).read_text())
-        except (OSError, json.JSONDecodeError):
-            memo = {}
+    memo_path = None if memo_file is None else Path(memo_file)
+    memo = {} if memo_path is None else _load_memo(memo_path)
     outer = hashlib.sha256()
-    changed = False
+    new: dict[str, str] = {}
     for p in files:
         st = p.stat()
         key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
@@ -177,15 +317,13 @@ def fingerprint(directory: str | Path, memo_file: str | Path | None = None) -> s
             with p.open("rb") as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
                     h.update(chunk)
-            digest = memo[key] = h.hexdigest()
-            changed = True
+            digest = new[key] = h.hexdigest()
         outer.update(p.name.encode())
         outer.update(digest.encode())
-    if changed and memo_file is not None:
-        Path(memo_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{memo_file}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_file)
+    if new and memo_path is not None:
+        # Re-read under the lock and merge: another run may have added entries since we read it.
+        with path_lock(memo_path, fix=CACHE_FIX):
+            atomic_write_text(json.dumps({**_load_memo(memo_path), **new}), memo_path)
     return outer.hexdigest()
 
 
@@ -246,11 +384,18 @@ def load_classifier(
 
     Raises:
         FileNotFoundError: the checkpoint is neither a local model dir nor reachable on the hub.
+        trustequiv.errors.CheckpointError: a checkpoint of another kind (e.g. extractive QA), a head with
+            another number of classes than the task (or than ``declared_label_names``), or one of the
+            refusals of :func:`load_checkpoint`.
         trustequiv.labels.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     directory = local_dir(checkpoint, revision)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    # Before the label names: a QA checkpoint has generic LABEL_0/1 names, and "declare them" is no fix.
+    check_architecture(directory, config, AutoModelForSequenceClassification)
+    check_num_labels(directory, config.num_labels, label_names, declared_label_names)
     names = checkpoint_label_names(directory, declared_label_names)
     perm = label_permutation(names, label_names)
     return load_checkpoint(
@@ -262,6 +407,118 @@ def load_classifier(
     )
 
 
+_KIND_OF_HEAD = {
+    "ForSequenceClassification": "a sequence classifier",
+    "ForQuestionAnswering": "an extractive QA model",
+    "ForTokenClassification": "a token classifier",
+    "ForMaskedLM": "a masked language model (pre-trained, not fine-tuned)",
+    "ForPreTraining": "a pre-training model (not fine-tuned)",
+    "ForMultipleChoice": "a multiple-choice model",
+}
+_REFIT_FIX = (
+    "point model.checkpoint (reference.checkpoint for the reference) at a checkpoint fine-tuned for this "
+    "task, or fine-tune one (python train.py model=<model> task=<task>, or train_missing=true with "
+    "model.checkpoint unset)"
+)
+
+
+def _head(model_class: Any) -> str:
+    """``"ForSequenceClassification"`` of ``AutoModelForSequenceClassification`` (the head a class loads)."""
+    name = getattr(model_class, "__name__", str(model_class))
+    return name.removeprefix("AutoModel").removeprefix("TF") if "For" in name else name
+
+
+def check_architecture(directory: Path, config: Any, model_class: Any) -> None:
+    """Refuse a checkpoint whose ``config.architectures`` names only heads of another kind than
+    ``model_class`` loads (transformers would load its encoder and put a random head on it). A bare encoder
+    (``BertModel``) or no ``architectures`` passes: :func:`load_checkpoint` then checks the weights.
+
+    Raises:
+        trustequiv.errors.CheckpointError: e.g. a ``BertForQuestionAnswering`` loaded as a classifier.
+    """
+    from trustequiv.errors import CheckpointError
+
+    archs = [str(a) for a in (getattr(config, "architectures", None) or [])]
+    wanted = _head(model_class)
+    heads = [a for a in archs if "For" in a]
+    if not heads or any(a.endswith(wanted) for a in archs):
+        return
+    other = heads[0][heads[0].index("For") :]
+    kind = _KIND_OF_HEAD.get(other, f"a *{other} model")
+    raise CheckpointError(
+        f"{directory} holds {kind} ({heads[0]} in its config.json), not {_KIND_OF_HEAD.get(wanted, wanted)}: "
+        "loading it would put a random head on its encoder",
+        _REFIT_FIX,
+    )
+
+
+def check_num_labels(
+    directory: Path, num_labels: int, label_names: list[str], declared: list[str] | None = None
+) -> None:
+    """Refuse a classification head with another number of classes than the task (or than the declared
+    ``model.label_names``): mapping by name would drop a class silently.
+
+    Raises:
+        trustequiv.errors.CheckpointError: the counts differ.
+    """
+    from trustequiv.errors import CheckpointError
+
+    if declared and len(declared) != num_labels:
+        raise CheckpointError(
+            f"{directory} has a classification head of {num_labels} classes, but model.label_names declares "
+            f"{len(declared)} ({', '.join(map(str, declared))})",
+            f"declare all {num_labels} class names of the checkpoint in its order, or {_REFIT_FIX}",
+        )
+    if num_labels != len(label_names):
+        raise CheckpointError(
+            f"{directory} has a classification head of {num_labels} classes, the task has "
+            f"{len(label_names)} ({', '.join(label_names)})",
+            _REFIT_FIX,
+        )
+
+
+def check_weight_files(directory: Path) -> None:
+    """Open the header of every ``*.safetensors`` file in ``directory``: a truncated or corrupt file fails
+    here with its name (transformers reports it without one, or as a missing file).
+
+    Raises:
+        trustequiv.errors.CheckpointError: a file that safetensors cannot open.
+    """
+    from safetensors import safe_open
+
+    from trustequiv.errors import CheckpointError
+
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError (header, sizes) or OSError: both mean unusable
+            raise CheckpointError(
+                f"{path} is corrupt or truncated ({type(err).__name__}: {' '.join(str(err).split())[:160]})",
+                "replace the checkpoint: download it again, or fine-tune it again (python train.py ... "
+                "overwrite=true)",
+            ) from None
+
+
+def _refuse_new_weights(directory: Path, model: nn.Module, missing: list[str]) -> None:
+    """Refuse a load that left weights newly (randomly) initialised: the checkpoint lacks them."""
+    from trustequiv.errors import CheckpointError
+
+    if not missing:
+        return
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    head = [k for k in missing if not k.startswith(prefix)]
+    shown = ", ".join((head or missing)[:4]) + (" ..." if len(head or missing) > 4 else "")
+    what = (
+        f"{directory} has no trained {type(model).__name__} head (no weights for {shown}): it was not "
+        "fine-tuned for this task kind, and transformers would initialise the head at random"
+        if head
+        else f"{directory} lacks {len(missing)} weight(s) of {type(model).__name__} ({shown}), which would "
+        "be initialised at random"
+    )
+    raise CheckpointError(what, _REFIT_FIX)
+
+
 def load_checkpoint(
     directory: Path,
     model_class: Any,
@@ -271,16 +528,47 @@ def load_checkpoint(
     memo_file: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``model_class`` (a transformers Auto class) and its tokenizer from a local checkpoint dir, apply
-    the compressor recipe recorded in its trustequiv.json, and put it in eval mode."""
-    from transformers import AutoTokenizer
+    the compressor recipe recorded in its trustequiv.json, and put it in eval mode.
 
-    model = model_class.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    Only fine-tuned checkpoints: fine-tuning starts from a new head elsewhere
+    (``plugins.tasks.classification.new_classifier``).
+
+    Raises:
+        trustequiv.errors.CheckpointError: a checkpoint of another kind (:func:`check_architecture`), a
+            corrupt or truncated weights file (:func:`check_weight_files`) or weights transformers would
+            initialise at random (a head that was never fine-tuned).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from trustequiv.errors import CheckpointError
+
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    check_architecture(directory, config, model_class)
+    check_weight_files(directory)
     metadata = read_metadata(directory)
-    cpu_only = False
     recipe = metadata.get("compressor")
-    if recipe:
-        compressor = build_compressor(recipe)
+    compressor = build_compressor(recipe) if recipe else None  # refuses a crafted recipe before any load
+    # transformers warns about newly initialised weights in several lines; the refusal below says it in one.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(
+            directory, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    except (OSError, RuntimeError) as err:  # unreadable .bin weights, a missing weights file
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"cannot load the weights in {directory} ({type(err).__name__}: {reason})",
+            "replace the checkpoint: download it again, or fine-tune it again (python train.py ... "
+            "overwrite=true)",
+        ) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _refuse_new_weights(directory, model, list(info.get("missing_keys") or []))
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    cpu_only = False
+    if compressor is not None:
         model = compressor.on_load(model)
         cpu_only = compressor.cpu_only
     model.eval()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,35 +23,52 @@ class ModelOutputs:
         labels: ``(N,)`` int64 gold labels in the same order, ``-1`` where unlabelled.
         label_names: the ``C`` canonical class names.
         embeddings: ``(N, D)`` float32 pooled representation, or ``None``.
-        extras: per-characteristic, per-model results (attributions, attack outcomes, ...).
         correct: ``(N,)`` bool, whether each example is answered correctly when that is not
             ``argmax(logits) == label`` (extractive QA: exact match), or ``None`` (classification).
+        columns: per-row values, each a sequence of length ``N`` in row order (extractive QA: the answer
+            texts, exact match, F1); :meth:`select` and :func:`align` reorder them with the rows.
+        info: facts about the model on this split that are not per row (e.g. QA's no-answer threshold).
+        ood: ``"<task>/<split>" -> ModelOutputs`` of the same model on each out-of-distribution set
+            (filled by the pipeline for characteristics with ``needs_ood``).
+        collected: characteristic name -> what its :meth:`~trustequiv.characteristic.Characteristic.collect`
+            returned for this model (attributions, attack outcomes; ``["replay"]`` for the second pass).
+
+    ``logits`` may be ``None`` for outputs that carry only correctness (e.g. a released error set): then
+    :attr:`probs` and :attr:`predictions` raise, and characteristics that need scores say so.
     """
 
     name: str
     example_ids: Tensor
-    logits: Tensor
+    logits: Tensor | None
     labels: Tensor
     label_names: tuple[str, ...]
     embeddings: Tensor | None = None
-    extras: Mapping[str, Any] = field(default_factory=dict)
     correct: Tensor | None = None
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+    ood: Mapping[str, ModelOutputs] = field(default_factory=dict)
+    collected: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.example_ids.shape[0]
-        if self.logits.ndim != 2 or self.logits.shape[0] != n:
+        if self.logits is None and self.correct is None:
+            raise ValueError(f"{self.name}: outputs need logits, or at least per-example correctness")
+        if self.logits is not None and (self.logits.ndim != 2 or self.logits.shape[0] != n):
             raise ValueError(f"{self.name}: logits must be (N, C) with N={n}, got {tuple(self.logits.shape)}")
         if self.labels.shape != (n,):
             raise ValueError(f"{self.name}: labels must be ({n},), got {tuple(self.labels.shape)}")
-        if self.logits.shape[1] != len(self.label_names):
+        if self.logits is not None and self.logits.shape[1] != len(self.label_names):
             raise ValueError(
                 f"{self.name}: {self.logits.shape[1]} logit columns but {len(self.label_names)} label names"
             )
+        for key, values in self.columns.items():
+            if len(values) != n:
+                raise ValueError(f"{self.name}: column {key!r} has {len(values)} values, expected {n}")
         if self.embeddings is not None and self.embeddings.shape[0] != n:
             raise ValueError(f"{self.name}: embeddings have {self.embeddings.shape[0]} rows, expected {n}")
         if self.correct is not None and self.correct.shape != (n,):
             raise ValueError(f"{self.name}: correct must be ({n},), got {tuple(self.correct.shape)}")
-        if not torch.isfinite(self.logits).all():
+        if self.logits is not None and not torch.isfinite(self.logits).all():
             bad = int((~torch.isfinite(self.logits)).any(dim=1).sum())
             raise ValueError(
                 f"{self.name}: {bad} of {n} examples have NaN/inf logits; the checkpoint is broken or "
@@ -57,14 +76,31 @@ class ModelOutputs:
             )
 
     @property
+    def has_scores(self) -> bool:
+        """Whether the outputs carry logits (a released error set carries only correctness)."""
+        return self.logits is not None
+
+    def _scores(self) -> Tensor:
+        if self.logits is None:
+            raise ValueError(
+                f"{self.name}: these outputs carry no logits (only which examples are wrong); "
+                "give per-example probabilities to use this characteristic"
+            )
+        return self.logits
+
+    @property
     def probs(self) -> Tensor:
-        """``(N, C)`` softmax probabilities in float64 (metrics are computed in double precision)."""
-        return torch.softmax(self.logits.double(), dim=-1)
+        """``(N, C)`` softmax probabilities in float64 (metrics are computed in double precision).
+
+        Raises:
+            ValueError: the outputs carry no logits.
+        """
+        return torch.softmax(self._scores().double(), dim=-1)
 
     @property
     def predictions(self) -> Tensor:
-        """``(N,)`` int64 argmax class."""
-        return self.logits.argmax(dim=-1)
+        """``(N,)`` int64 argmax class. Raises ``ValueError`` when the outputs carry no logits."""
+        return self._scores().argmax(dim=-1)
 
     def __len__(self) -> int:
         return int(self.example_ids.shape[0])
@@ -76,16 +112,20 @@ class ModelOutputs:
             idx = torch.tensor([pos[int(i)] for i in example_ids.tolist()], dtype=torch.long)
         except KeyError as err:
             raise KeyError(f"{self.name}: example id {err.args[0]} not in these outputs") from None
-        return ModelOutputs(
-            name=self.name,
+        rows = idx.tolist()
+        return dataclasses.replace(
+            self,
             example_ids=self.example_ids[idx],
-            logits=self.logits[idx],
+            logits=None if self.logits is None else self.logits[idx],
             labels=self.labels[idx],
-            label_names=self.label_names,
             embeddings=None if self.embeddings is None else self.embeddings[idx],
-            extras=self.extras,
             correct=None if self.correct is None else self.correct[idx],
+            columns={k: [v[r] for r in rows] for k, v in self.columns.items()},
         )
+
+    def with_collected(self, name: str, value: Any) -> ModelOutputs:
+        """A copy with ``collected[name] = value``."""
+        return dataclasses.replace(self, collected={**self.collected, name: value})
 
 
 def align(reference: ModelOutputs, candidate: ModelOutputs) -> tuple[ModelOutputs, ModelOutputs]:
@@ -138,3 +178,20 @@ class CharacteristicResult:
         self.per_example.update(other.per_example)
         self.notes.extend(n for n in other.notes if n not in self.notes)
         return self
+
+
+def labelled(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs (n, C) float64, labels (n,) int64, example_ids (n,))`` of the rows with a gold label (!= -1).
+
+    Raises:
+        ValueError: no row is labelled.
+    """
+    labels = outputs.labels.detach().cpu().numpy()
+    keep = labels >= 0
+    if not keep.any():
+        raise ValueError(
+            f"{outputs.name}: none of the {len(outputs)} examples has a gold label (all -1); "
+            "calibration and error metrics need a labelled split"
+        )
+    probs = outputs.probs.detach().cpu().numpy()
+    return probs[keep], labels[keep].astype(np.int64), outputs.example_ids.detach().cpu().numpy()[keep]

@@ -12,23 +12,30 @@ from typing import Any
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
 
-def write_predictions(outputs: ModelOutputs, path: Path) -> None:
-    """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names);
-    extractive QA adds ``predicted_answer, exact, f1`` (from ``extras["qa"]``, rows in the outputs' order)."""
+def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, str] | None = None) -> None:
+    """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names), then
+    ``columns`` (CSV header -> key of ``outputs.columns``, e.g. QA's ``predicted_answer``); outputs without
+    scores (an error set) get ``correct`` instead of the prediction and probabilities."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    probs = outputs.probs.numpy()
-    preds = outputs.predictions.tolist()
     names = outputs.label_names
-    qa = outputs.extras.get("qa")
+    extra = {h: k for h, k in (columns or {}).items() if k in outputs.columns}
+    scored = outputs.has_scores
+    probs = outputs.probs.numpy() if scored else None
+    preds = outputs.predictions.tolist() if scored else None
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        extra = ["predicted_answer", "exact", "f1"] if qa else []
-        w.writerow(["example_id", "gold_label", "predicted_label", *[f"p_{n}" for n in names], *extra])
+        head = ["predicted_label", *[f"p_{n}" for n in names]] if scored else ["correct"]
+        w.writerow(["example_id", "gold_label", *head, *extra])
         for i, eid in enumerate(outputs.example_ids.tolist()):
             gold = int(outputs.labels[i])
-            row = [eid, names[gold] if gold >= 0 else "", names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
-            if qa:
-                row += [qa["prediction"][i], int(qa["exact"][i]), f"{float(qa['f1'][i]):.6f}"]
+            row = [eid, names[gold] if gold >= 0 else ""]
+            if scored:
+                row += [names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
+            else:
+                row.append(int(outputs.correct[i]))
+            for key in extra.values():
+                v = outputs.columns[key][i]
+                row.append(f"{v:.6f}" if isinstance(v, float) else (int(v) if isinstance(v, bool) else v))
             w.writerow(row)
 
 
@@ -192,3 +199,88 @@ def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
         for r in rows:
             table.add_row(*[_fmt(r.get(c, ""), c) for c in cols])
         console.print(table)
+
+
+def report_run(
+    out_dir: Path,
+    *,
+    plan: Any,
+    runners: Sequence[Any],
+    comparison: Any,
+    config: Mapping[str, Any],
+    seconds: float,
+    min_effect: float,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Path]]:
+    """The report step: figures, per-example exports, predictions, results.json and report.md in
+    ``out_dir``; returns the headline tables (printed on the terminal by the caller) and the figure paths.
+
+    Args:
+        plan: the run's :class:`trustequiv.plan.Plan`; runners: its model runners (reference first);
+        comparison: the :class:`trustequiv.comparison.Comparison`; config: the resolved config (secrets
+        removed); seconds: wall time; min_effect: the findings' smallest reported difference.
+    """
+    from trustequiv.characteristic import pair_name
+    from trustequiv.comparison import headline_columns
+
+    figure_paths: dict[str, Path] = {}
+    for label, res in comparison.results.items():
+        split = comparison.result_split[label]
+        name = label.rpartition("/")[2]
+        figs = save_figures({f"{name}_{k}": f for k, f in res.figures.items()}, out_dir / "figures" / split)
+        figure_paths.update({f"{label}_{k}": p for k, p in zip(res.figures, figs.values(), strict=True)})
+        write_per_example(res.per_example, out_dir / "per_example" / split)
+    for split in comparison.splits:
+        pred_dir = (
+            out_dir / "predictions" if split == comparison.splits[0] else out_dir / "predictions" / split
+        )
+        for runner in runners:
+            write_predictions(runner.outputs[split], pred_dir / f"{runner.name}.csv", plan.kind.csv_columns)
+
+    reference, candidates = runners[0], runners[1:]
+    model_names = [r.name for r in runners]
+    pair_names = [pair_name(reference.name, c.name) for c in candidates]
+    model_cols, pair_cols = headline_columns(plan.characteristics)
+    main = comparison.splits[0]
+    headline = {
+        f"models on {plan.task_cfg['name']}/{main}": headline_rows(
+            comparison.metrics, model_names, model_cols
+        ),
+        f"{reference.name} vs candidates": headline_rows(comparison.metrics, pair_names, pair_cols),
+    }
+    notes = {label: res.notes for label, res in comparison.results.items() if res.notes}
+    notes.update({f"{name}/skipped": [reason] for name, reason in comparison.skipped.items()})
+    notes.update({f"{r.name}/warnings": r.warnings for r in runners if r.warnings})
+    cached = {k: v for r in runners for k, v in r.cached.items()}
+    write_results(
+        out_dir / "results.json",
+        comparison.metrics,
+        task=plan.task_cfg["name"],
+        splits=comparison.splits,
+        reference=reference.name,
+        candidates=[c.name for c in candidates],
+        models={r.name: r.identity for r in runners},
+        cached=cached,
+        seconds=seconds,
+        notes=notes,
+        config=config,
+    )
+    n = {s: len(runners[0].outputs[s]) for s in comparison.splits}
+    where = {r.name: r.identity.get("checkpoint") or r.identity.get("path") for r in runners}
+    write_report(
+        out_dir / "report.md",
+        title=f"trustequiv: {reference.name} vs {', '.join(c.name for c in candidates)} on "
+        f"{plan.task_cfg['name']}",
+        summary=[
+            f"Splits: {', '.join(f'{s} ({n[s]} examples)' for s in comparison.splits)}. "
+            f"Wall time {seconds} s.",
+            f"Reference: `{where[reference.name]}`.",
+            *[f"Candidate {c.name}: `{where[c.name]}`." for c in candidates],
+            *[f"Skipped {name}: {reason}." for name, reason in comparison.skipped.items()],
+            *[f"**Warning**: {w}" for r in runners for w in r.warnings],
+        ],
+        headline=headline,
+        results=comparison.results,
+        figure_paths=figure_paths,
+        findings={p: pair_findings(comparison.metrics, p, min_effect) for p in pair_names},
+    )
+    return headline, figure_paths

@@ -2,42 +2,86 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from trustequiv.data import TaskDataModule, encode_split
-from trustequiv.models import (
-    ModelSpec,
-    build_compressor,
-    load_classifier,
-    local_dir,
-    read_metadata,
-    write_metadata,
-)
-from trustequiv.module import SequenceClassifier
-from trustequiv.runtime import make_trainer
+from trustequiv.models import ModelSpec, build_compressor, read_metadata, write_metadata
+from trustequiv.runtime import make_trainer, resolve_precision
 
 log = logging.getLogger(__name__)
+
+#: Inside the staging dir ``<out>.training``: Lightning's resumable state (``last.ckpt``) and ``resume.json``,
+#: what it was made for. Removed when the fine-tuning completes.
+RESUME_DIR = "lightning"
+LAST_CHECKPOINT = "last.ckpt"
+RESUME_FILE = "resume.json"
+#: Trainer settings that do not change the trained weights: a resume may differ in them.
+_COSMETIC_TRAINER_KEYS = frozenset(
+    {
+        "enable_progress_bar",
+        "enable_model_summary",
+        "log_every_n_steps",
+        "logger",
+        "default_root_dir",
+        "profiler",
+    }
+)
 
 
 class BestHFCheckpoint(Callback):
     """After each validation, saves the model in Hugging Face format (safetensors + tokenizer) when
-    ``monitor`` improved. Only the global-zero process writes; the directory is replaced atomically.
+    ``monitor`` improved. Only the global-zero process writes; the directory is replaced atomically, carrying
+    over its entries named in ``keep``. The best score is part of Lightning's checkpoint, so a resumed
+    fine-tuning keeps the best over the whole run.
     """
 
-    def __init__(self, directory: str | Path, tokenizer, monitor: str = "val/acc", mode: str = "max"):
+    def __init__(
+        self,
+        directory: str | Path,
+        tokenizer,
+        monitor: str = "val/acc",
+        mode: str = "max",
+        keep: tuple[str, ...] = (),
+    ):
         self.directory, self.tokenizer, self.monitor, self.mode = Path(directory), tokenizer, monitor, mode
+        self.keep = keep
         self.best: float | None = None
         self.best_epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    @property
+    def key(self) -> str:
+        """``best_<monitor>``: the score's entry in ``trustequiv.json``."""
+        return f"best_{self.monitor.replace('/', '_')}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
+        # A run killed after saving a better epoch's weights but before last.ckpt recorded it left those
+        # weights staged: their own trustequiv.json says which they are, and they count as the best so far.
+        staged = read_metadata(self.directory) if self.directory.is_dir() else {}
+        if staged.get("best_epoch") not in (None, self.best_epoch) and self.key in staged:
+            log.info(
+                "staged best checkpoint is from epoch %d (%s=%.4f), after the resumed checkpoint's",
+                staged["best_epoch"],
+                self.monitor,
+                staged[self.key],
+            )
+            self.best, self.best_epoch = float(staged[self.key]), int(staged["best_epoch"])
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -52,7 +96,13 @@ class BestHFCheckpoint(Callback):
             return
         self.best, self.best_epoch = value, trainer.current_epoch
         if trainer.is_global_zero:
-            save_hf(pl_module.model, self.tokenizer, self.directory)
+            save_hf(
+                pl_module.model,
+                self.tokenizer,
+                self.directory,
+                keep=self.keep,
+                metadata={self.key: value, "best_epoch": trainer.current_epoch},
+            )
             log.info(
                 "saved best checkpoint (%s=%.4f, epoch %d) to %s",
                 self.monitor,
@@ -62,12 +112,28 @@ class BestHFCheckpoint(Callback):
             )
 
 
-def save_hf(model, tokenizer, directory: Path) -> None:
-    """Save ``model`` and ``tokenizer`` to ``directory`` (safetensors), replacing it only once complete."""
+def save_hf(
+    model,
+    tokenizer,
+    directory: Path,
+    keep: tuple[str, ...] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Save ``model`` and ``tokenizer`` to ``directory`` (safetensors), replacing it only once complete.
+
+    ``keep``: entries of the old ``directory`` moved into the new one (the staging dir's resume state).
+    ``metadata``: written as the new directory's ``trustequiv.json``, in the same swap as the weights.
+    """
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if metadata:
+        write_metadata(tmp, dict(metadata))
+    for name in keep:
+        # A kill between this rename and the swap below loses it (rare): the next run starts over.
+        if (directory / name).exists():
+            (directory / name).rename(tmp / name)
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
@@ -76,21 +142,199 @@ def save_hf(model, tokenizer, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _new_classifier(pretrained: str, label_names: list[str], revision: str | None, trust_remote_code: bool):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class ResumeState(Callback):
+    """What Lightning's checkpoint leaves out and a resumed fine-tuning needs to go on as the uninterrupted
+    run would: the random generators (dropout masks, loader seeds; Lightning saves none), the shuffling
+    generator of a train loader given to ``Trainer.fit`` itself (``train_loader``), and the number of
+    finished epochs (for the resume log).
 
-    directory = local_dir(pretrained, revision)
-    id2label = dict(enumerate(label_names))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        directory,
-        num_labels=len(label_names),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on another task brings a head of another size
-        trust_remote_code=trust_remote_code,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+    They are taken when ``last.ckpt`` is written (end of an epoch, after its validation) and put back when it
+    is loaded, before the train loader's first iterator of the resumed run draws from them, as in the
+    uninterrupted run. With sanity validation steps configured (``num_sanity_val_steps``; 0 in our trainer
+    configs) the resumed run draws differently: still a correct resume, no longer bit-identical.
+    """
+
+    def __init__(self, train_loader: Any = None):
+        generator = getattr(train_loader, "generator", None)
+        self.generator = generator if isinstance(generator, torch.Generator) else None
+        self.epochs_done = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last).
+        self.epochs_done = trainer.current_epoch + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epochs_done": self.epochs_done, "rng": _rng_states()}
+        if self.generator is not None:
+            state["loader_generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs_done = int(state_dict["epochs_done"])
+        _set_rng_states(state_dict["rng"])
+        if self.generator is not None and "loader_generator" in state_dict:
+            self.generator.set_state(state_dict["loader_generator"])
+
+
+def _rng_states() -> dict[str, Any]:
+    # Tensors and plain Python values only: last.ckpt is loaded with weights_only=True.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A killed fine-tuning's ``last.ckpt`` and where it stopped (finished epochs, optimizer steps)."""
+
+    path: Path
+    epochs_done: int
+    step: int
+
+
+def _identity(
+    spec: ModelSpec,
+    metadata: Mapping[str, Any],
+    task_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    recipe: Recipe,
+    dataset,
+) -> dict[str, Any]:
+    """What a staged fine-tuning was made for (model, base, task, seed, recipe, trainer, data sizes): a
+    resume needs all of it unchanged. JSON-normalised, so it compares equal to its ``resume.json``."""
+    task = {k: v for k, v in dict(task_cfg).items() if k != "training"}
+    training = {k: v for k, v in dict(task_cfg["training"]).items() if k != "checkpoint_every_n_steps"}
+    trainer = {
+        k: v for k, v in dict(trainer_cfg).items() if k not in _COSMETIC_TRAINER_KEYS and v is not None
+    }
+    trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
+    identity = {
+        "model": {"name": spec.name, "pretrained": spec.pretrained, "revision": spec.revision},
+        "compressor": spec.compressor,
+        **{k: metadata.get(k) for k in ("seed", "base_fingerprint", "compression")},
+        "task": {**task, "training": training},
+        "trainer": trainer,
+        "recipe": {
+            "monitor": recipe.monitor,
+            "mode": recipe.mode,
+            **{
+                name: f"{fn.__module__}.{fn.__qualname__}"
+                for name, fn in (("make_module", recipe.make_module), ("fit_inputs", recipe.fit_inputs))
+            },
+        },
+        "examples": {split: len(dataset[split]) for split in ("train", "validation")},
+    }
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def _last_checkpoints(directory: Path, task_cfg: Mapping[str, Any]) -> list[ModelCheckpoint]:
+    """Lightning's full training state (weights, optimizer, schedule, loops, callback states) as
+    ``<directory>/last.ckpt``, replaced at the end of every epoch (after its validation) and, when the task's
+    training block sets ``checkpoint_every_n_steps``, every that many optimizer steps too.
+
+    A step checkpoint resumes mid-epoch: Lightning runs the epoch's remaining number of batches, but our
+    loaders are not stateful, so they come from the start of that epoch's order (some batches of that epoch
+    twice, others not at all). A resume from an epoch end repeats the uninterrupted run.
+    """
+
+    def newest(**every: Any) -> ModelCheckpoint:
+        # One file under a fixed name: save_top_k=1 without a monitor keeps the newest. (Lightning 2.6 writes
+        # save_last's last.ckpt only along with a top-k save: save_top_k=0, save_last=True writes nothing.)
+        return ModelCheckpoint(
+            dirpath=directory,
+            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+            **every,
+        )
+
+    # Lightning takes epoch and step intervals only from separate callbacks.
+    every_n_steps = int(task_cfg["training"].get("checkpoint_every_n_steps") or 0)
+    return [newest(every_n_epochs=1)] + ([newest(every_n_train_steps=every_n_steps)] if every_n_steps else [])
+
+
+def _start_batch_order_at(fit_inputs: Mapping[str, Any], epoch: int) -> None:
+    """Make the train loader's batch sampler, when it has ``set_epoch``, start at ``epoch``.
+
+    Lightning calls ``set_epoch`` on a loader's sampler only, never on its batch sampler; ours
+    (:class:`~trustequiv.data.BucketBatchSampler`, shuffled by seed + epoch) counts epochs itself from 0, so
+    a resumed run would replay the first epochs' orders. The loader of a datamodule is made inside
+    ``Trainer.fit`` and iterated at once, so its ``train_dataloader`` is wrapped (first call only).
+    """
+
+    def start(loader: Any) -> Any:
+        set_epoch = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return loader
+
+    if "train_dataloaders" in fit_inputs:
+        start(fit_inputs["train_dataloaders"])
+    datamodule = fit_inputs.get("datamodule")
+    if datamodule is not None:
+        make = datamodule.train_dataloader
+
+        def train_dataloader() -> Any:
+            datamodule.train_dataloader = make
+            return start(make())
+
+        datamodule.train_dataloader = train_dataloader
+
+
+def _resume_point(staging: Path, identity: Mapping[str, Any], name: str) -> ResumePoint | None:
+    """The resume point a killed fine-tuning of the same :func:`_identity` left in ``staging``; else None
+    (start over), with a log line saying why when a staged run is there."""
+    last = staging / RESUME_DIR / LAST_CHECKPOINT
+    if not last.exists():
+        if staging.exists():
+            log.info(
+                "%s: the staged fine-tuning at %s has no checkpoint to resume from: starting over",
+                name,
+                staging,
+            )
+        return None
+    try:
+        recorded = json.loads((staging / RESUME_DIR / RESUME_FILE).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if recorded != identity:
+        differ = sorted(k for k in identity.keys() | recorded.keys() if recorded.get(k) != identity.get(k))
+        log.info(
+            "%s: the staged fine-tuning at %s was made with other settings (%s differ): starting over",
+            name,
+            staging,
+            ", ".join(differ),
+        )
+        return None
+    try:
+        # Trust boundary: last.ckpt is written by our own runs into paths.models_dir, but is unpickled with
+        # weights_only=True all the same (here and by Trainer.fit), so a file planted there cannot run code.
+        # mmap: only what is read here comes off the disk.
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        state = ckpt["callbacks"][ResumeState.__qualname__]
+        point = ResumePoint(last, int(state["epochs_done"]), int(ckpt["global_step"]))
+    except Exception as err:  # unreadable (the disk filled up?) or not ours: resuming is an optimisation
+        log.warning("%s: cannot resume from %s (%s): starting over", name, last, err)
+        return None
+    return point
 
 
 def optimizer_settings(training: Mapping[str, Any]) -> dict[str, float]:
@@ -124,34 +368,6 @@ class Recipe:
     metadata: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=lambda task_cfg: {})
 
 
-def _classification_inputs(dataset, tokenizer, task_cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    pair, max_length = bool(task_cfg["pair"]), int(task_cfg["max_length"])
-    splits = {
-        s: encode_split(dataset[s], tokenizer, pair=pair, max_length=max_length, name=s)
-        for s in ("train", "validation")
-    }
-    log.info(
-        "%s: %d train / %d validation examples",
-        task_cfg["name"],
-        len(splits["train"]),
-        len(splits["validation"]),
-    )
-    bs = int(task_cfg["training"]["batch_size"])
-    return {"datamodule": TaskDataModule(splits, tokenizer, batch_size=bs, eval_batch_size=64, seed=seed)}
-
-
-CLASSIFICATION = Recipe(
-    new_model=lambda spec, task_cfg: _new_classifier(
-        spec.pretrained, list(task_cfg["label_names"]), spec.revision, spec.trust_remote_code
-    ),
-    load_base=lambda checkpoint, task_cfg: load_classifier(checkpoint, list(task_cfg["label_names"])),
-    make_module=lambda model, task_cfg: SequenceClassifier(
-        model, num_labels=len(task_cfg["label_names"]), **optimizer_settings(task_cfg["training"])
-    ),
-    fit_inputs=_classification_inputs,
-)
-
-
 def fine_tune(
     spec: ModelSpec,
     dataset,
@@ -162,7 +378,7 @@ def fine_tune(
     seed: int = 42,
     base_checkpoint: str | None = None,
     logger: Any = False,
-    recipe: Recipe = CLASSIFICATION,
+    recipe: Recipe,
 ) -> Path:
     """Make ``spec``'s fine-tuned checkpoint at ``out_dir`` and return it.
 
@@ -170,8 +386,12 @@ def fine_tune(
     ``base_checkpoint`` (the fine-tuned base model): the compressor's :meth:`compress` runs, then fine-tuning
     when the compressor asks for it; otherwise the weights are copied with the compressor's recipe so it is
     applied at load time. ``trustequiv.json`` records task, labels, provenance and the best validation
-    metric. ``recipe`` says what is specific to the task family (classification by default; QA in
-    :mod:`trustequiv.qa`).
+    metric. ``recipe`` says what is specific to the task kind (:meth:`trustequiv.task_kind.TaskKind.recipe`).
+
+    Training is staged in ``<out_dir>.training`` (the best weights; Lightning's ``lightning/last.ckpt`` of
+    the latest epoch) and moved to ``out_dir`` when complete. Run again after a kill, it resumes from
+    ``last.ckpt`` when ``lightning/resume.json`` shows the same model, base, task, seed, recipe, trainer
+    settings and data sizes (the log says from which epoch and step); otherwise it starts over.
 
     Raises:
         ValueError: the dataset has no ``train``/``validation`` split, or a compressed spec lacks its base.
@@ -219,24 +439,55 @@ def fine_tune(
     # from_pretrained returns eval mode and Lightning keeps submodule modes: without this, no dropout.
     model.train()
     # Best checkpoints go to a staging dir moved into place only when fit completes: a killed run never
-    # leaves a half-trained model where evaluate.py would take it for a finished one.
+    # leaves a half-trained model where evaluate.py would take it for a finished one. Lightning's last.ckpt
+    # beside them lets the same command resume a killed run; the model above was rebuilt the same way
+    # (compressed the same way) first, so the checkpoint's weights fit it.
     staging = out_dir.with_name(f"{out_dir.name}.training")
-    shutil.rmtree(staging, ignore_errors=True)
-    best = BestHFCheckpoint(staging, tokenizer, monitor=recipe.monitor, mode=recipe.mode)
-    trainer = make_trainer(trainer_cfg, callbacks=[best], enable_checkpointing=False, logger=logger)
-    log.info("fine-tuning %s on %s", spec.name, task_cfg["name"])
-    trainer.fit(module, **fit_inputs)
+    resume_dir = staging / RESUME_DIR
+    identity = _identity(spec, metadata, task_cfg, trainer_cfg, recipe, dataset)
+    resume = _resume_point(staging, identity, spec.name)
+    if resume is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        (resume_dir / RESUME_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
+    best = BestHFCheckpoint(staging, tokenizer, monitor=recipe.monitor, mode=recipe.mode, keep=(RESUME_DIR,))
+    callbacks = [
+        best,
+        ResumeState(fit_inputs.get("train_dataloaders")),
+        *_last_checkpoints(resume_dir, task_cfg),
+    ]
+    trainer = make_trainer(trainer_cfg, callbacks=callbacks, enable_checkpointing=True, logger=logger)
+    if resume is None:
+        log.info("fine-tuning %s on %s", spec.name, task_cfg["name"])
+    else:
+        _start_batch_order_at(fit_inputs, resume.epochs_done)
+        log.info(
+            "resuming fine-tuning of %s on %s from epoch %d, step %d (%s)",
+            spec.name,
+            task_cfg["name"],
+            resume.epochs_done,
+            resume.step,
+            resume.path,
+        )
+    with warnings.catch_warnings():
+        # resume.json (and a last.ckpt being resumed from) are expected there.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, **fit_inputs, ckpt_path=resume.path if resume else None, weights_only=True)
     if trainer.is_global_zero:
         if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
-            save_hf(module.model, tokenizer, staging)
+            save_hf(module.model, tokenizer, staging, keep=(RESUME_DIR,))
+        # Done with the resume state. A kill from here on leaves a staged dir without it: started over.
+        shutil.rmtree(resume_dir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         staging.rename(out_dir)
         metadata.update(
-            {f"best_{recipe.monitor.replace('/', '_')}": best.best},
+            {best.key: best.best},
             best_epoch=best.best_epoch,
             epochs_run=trainer.current_epoch,
             seconds=round(time.time() - started, 1),
             torch=torch.__version__,
         )
+        if resume is not None:
+            metadata["resumed_from"] = {"epochs_done": resume.epochs_done, "step": resume.step}
         write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
     return out_dir

@@ -2,7 +2,9 @@
 
 Paper A (Rai, Pal, Awekar, arXiv 2508.13533) reports ECE (equal-width and equal-mass bins), MCE, Brier
 (multiclass, plus positive-class Brier on binary tasks) and log loss per model; the reference-vs-candidate
-differences with paired bootstrap intervals are ours.
+differences with paired bootstrap intervals are ours. It needs per-example probabilities: outputs that carry
+only correctness (a released error set) raise a ValueError, which the pipeline reports as a skipped
+characteristic (``needs_scores``).
 """
 
 from __future__ import annotations
@@ -25,24 +27,22 @@ from trustequiv.functional.calibration import (
     negative_log_likelihood,
     top_label,
 )
-from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align, labelled
 
 
-def labelled(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(probs (n, C) float64, labels (n,) int64, example_ids (n,))`` of the rows with a gold label (!= -1).
+def require_scores(*outputs: ModelOutputs) -> None:
+    """Check that every model carries per-example scores (logits).
 
     Raises:
-        ValueError: no row is labelled.
+        ValueError: one line naming the models that carry only correctness, and the fix.
     """
-    labels = outputs.labels.detach().cpu().numpy()
-    keep = labels >= 0
-    if not keep.any():
+    lacking = [o.name for o in outputs if not o.has_scores]
+    if lacking:
         raise ValueError(
-            f"{outputs.name}: none of the {len(outputs)} examples has a gold label (all -1); "
-            "calibration and error metrics need a labelled split"
+            f"calibration needs per-example probabilities; {', '.join(lacking)}: only which examples are "
+            "wrong is known (an error set): give a predictions CSV with p_<class> columns, or drop "
+            "calibration"
         )
-    probs = outputs.probs.detach().cpu().numpy()
-    return probs[keep], labels[keep].astype(np.int64), outputs.example_ids.detach().cpu().numpy()[keep]
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -62,6 +62,9 @@ class CalibrationCharacteristic(Characteristic):
     """
 
     name = "calibration"
+    needs_scores = True
+    headline_model = ("accuracy", "ece_uniform", "ece_quantile", "mce_uniform", "brier", "nll")
+    headline_pair = ("ece_uniform_diff",)
 
     def __init__(
         self,
@@ -153,8 +156,9 @@ class CalibrationCharacteristic(Characteristic):
         ``calibration_bins_<model>_<strategy>`` of per-bin rows (None for an empty bin's accuracy/confidence).
 
         Raises:
-            ValueError: no labelled example.
+            ValueError: outputs without scores (:func:`require_scores`), or no labelled example.
         """
+        require_scores(outputs)
         probs, labels, _ = labelled(outputs)
         ex = self._per_example(probs, labels)
         result = CharacteristicResult(notes=self._notes())
@@ -172,8 +176,10 @@ class CalibrationCharacteristic(Characteristic):
         resample, as the protocol would on that sample).
 
         Raises:
-            ValueError: from :func:`trustequiv.outputs.align`, or no shared labelled example.
+            ValueError: outputs without scores (:func:`require_scores`), from
+                :func:`trustequiv.outputs.align`, or no shared labelled example.
         """
+        require_scores(reference, candidate)
         ref, cand = align(reference, candidate)
         p_ref, y, _ = labelled(ref)
         p_cand, _, _ = labelled(cand)
@@ -203,10 +209,14 @@ class CalibrationCharacteristic(Characteristic):
         Top axes: bin accuracy against bin mean confidence for every model, Wilson-interval error bars, the
         diagonal, ECE in the legend. Bottom axes: per-bin counts (step outlines over the bin edges). Figures
         are built with ``matplotlib.figure.Figure`` (no pyplot state, so nothing to close, no backend needed).
+
+        Raises:
+            ValueError: outputs without scores (:func:`require_scores`).
         """
         result = CharacteristicResult()
         if not outputs:
             return result
+        require_scores(*outputs)
         data = [(o.name, *labelled(o)[:2]) for o in outputs]
         for s in self.strategies:
             fig = Figure(figsize=(6.4, 7.2), layout="constrained")

@@ -7,7 +7,7 @@ the models' OOD decisions, SQuAD2 vs NewsQA): each model flags inputs below its 
 (95% of ID inputs kept), and the flags are compared by agreement, Jaccard of the flagged sets (beside the
 Jaccard two independent flaggers would reach), Cohen's kappa, and the scores by Spearman correlation.
 
-The ID split is the evaluated split; the OOD sets come from the pipeline in ``outputs.extras["ood"]``
+The ID split is the evaluated split; the OOD sets come from the pipeline in ``outputs.ood``
 (``task.ood`` or ``ood=[...]``), each the same model's cached outputs.
 """
 
@@ -39,7 +39,7 @@ def set_label(ood_name: str) -> str:
 
 
 def _ood_sets(out: ModelOutputs) -> Mapping[str, ModelOutputs]:
-    return out.extras.get("ood") or {}
+    return out.ood
 
 
 class DistributionCharacteristic(Characteristic):

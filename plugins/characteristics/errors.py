@@ -3,6 +3,10 @@
 Paper B (Rai, Pal, Awekar, arXiv 2407.13174) compares models by the Jaccard similarity of their error sets,
 over all pairs. Beside it: label agreement and Jensen-Shannon distance ("label / probability loyalty",
 Xu et al. 2021), flips (Dutta et al. 2024), Cohen's kappa and McNemar's exact test.
+
+Outputs without scores (a released error set, ``logits`` None, see ``plugins/sources/predictions.py``) carry
+only ``correct``: for them the error-set Jaccard (with its interval), flips and McNemar are computed, and
+agreement, Cohen's kappa and JS distance are left out with a note.
 """
 
 from __future__ import annotations
@@ -10,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from plugins.characteristics.calibration import labelled
 from trustequiv.characteristic import Characteristic, all_pairs, pair_name
+from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.agreement import (
     agreement_rate,
     cohen_kappa,
@@ -24,7 +27,7 @@ from trustequiv.functional.agreement import (
     mcnemar_exact_p,
 )
 from trustequiv.functional.bootstrap import BootstrapResult, paired_bootstrap
-from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align, labelled
 
 
 def _jaccard_rows(wrong_a: np.ndarray, wrong_b: np.ndarray) -> np.ndarray:
@@ -39,18 +42,48 @@ def _agreement_rows(same: np.ndarray) -> np.ndarray:
     return np.mean(same, axis=-1)
 
 
-def correctness(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """``(correct (n,) bool, example_ids (n,))`` over the labelled rows: ``outputs.correct`` when the task
-    sets it (extractive QA: exact match), else ``argmax(logits) == label``.
+def _correct_rows(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(correct (N,) bool, usable (N,) bool)`` over all rows.
+
+    With scores: usable = labelled rows (label != -1); correct = ``outputs.correct`` when the task sets it
+    (extractive QA: exact match), else ``argmax(probs) == label``. Without scores (a released error set):
+    ``outputs.correct`` on every row, gold label or not (whoever made the set judged the answers).
 
     Raises:
-        ValueError: no labelled example.
+        ValueError: outputs with scores and no labelled example.
     """
-    probs, labels, ids = labelled(outputs)
+    if not outputs.has_scores:
+        correct = outputs.correct.detach().cpu().numpy().astype(bool)
+        return correct, np.ones(correct.shape[0], dtype=bool)
+    labelled(outputs)  # raises on a split without any gold label
+    labels = outputs.labels.detach().cpu().numpy()
+    usable = labels >= 0
     if outputs.correct is None:
-        return probs.argmax(axis=1) == labels, ids
-    keep = outputs.labels.detach().cpu().numpy() >= 0
-    return outputs.correct.detach().cpu().numpy().astype(bool)[keep], ids
+        correct = outputs.probs.detach().cpu().numpy().argmax(axis=1) == labels
+    else:
+        correct = outputs.correct.detach().cpu().numpy().astype(bool)
+    return correct, usable
+
+
+def correctness(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(correct (n,) bool, example_ids (n,))`` over the rows that count (see :func:`_correct_rows`):
+    the labelled rows of outputs with scores, every row of outputs without.
+
+    Raises:
+        ValueError: outputs with scores and no labelled example.
+    """
+    correct, usable = _correct_rows(outputs)
+    return correct[usable], outputs.example_ids.detach().cpu().numpy()[usable]
+
+
+def _pair_correctness(a: ModelOutputs, b: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(correct_a (n,), correct_b (n,), example_ids (n,))`` of two aligned outputs on the rows that count
+    for both (identical to :func:`correctness` of each when both carry scores, or both do not)."""
+    (ca, ua), (cb, ub) = _correct_rows(a), _correct_rows(b)
+    usable = ua & ub
+    if not usable.any():
+        raise ValueError(f"{a.name} and {b.name} share no labelled example")
+    return ca[usable], cb[usable], a.example_ids.detach().cpu().numpy()[usable]
 
 
 def _error_ids(correct: np.ndarray, ids: np.ndarray) -> frozenset[int]:
@@ -68,6 +101,9 @@ class ErrorsCharacteristic(Characteristic):
     """
 
     name = "errors"
+    needs_scores = False  # the error-set metrics need only per-example correctness
+    headline_model = ("accuracy", "n_errors")
+    headline_pair = ("error_jaccard", "agreement", "flip_rate", "cohen_kappa", "mcnemar_p", "js_distance")
 
     def __init__(self, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 42) -> None:
         self.n_bootstrap = int(n_bootstrap)
@@ -92,11 +128,19 @@ class ErrorsCharacteristic(Characteristic):
             f"{self.n_bootstrap} resamples, seed {self.seed}.",
         ]
 
+    #: said once for any pair with a model that carries no scores.
+    UNSCORED_NOTE = (
+        "A model without scores (an error set: only which examples are wrong) has no agreement, Cohen's "
+        "kappa or JS distance with any other; its error set is every evaluated example not marked correct, "
+        "gold label or not."
+    )
+
     def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
-        """``<model>/accuracy``, ``<model>/n_errors``, ``<model>/n_examples`` over the labelled rows.
+        """``<model>/accuracy``, ``<model>/n_errors``, ``<model>/n_examples`` over the rows that count
+        (labelled rows; every row of outputs without scores).
 
         Raises:
-            ValueError: no labelled example.
+            ValueError: outputs with scores and no labelled example.
         """
         correct, ids = correctness(outputs)
         wrong = ~correct
@@ -109,36 +153,45 @@ class ErrorsCharacteristic(Characteristic):
         )
 
     def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
-        """Pair metrics on the shared examples (see the class notes) and per-example correctness.
+        """Pair metrics on the shared examples (see the class notes) and per-example correctness. When
+        either model carries no scores, ``agreement`` (and its interval), ``cohen_kappa`` and
+        ``js_distance`` are absent and a note says why.
 
         Raises:
             ValueError: from :func:`trustequiv.outputs.align`, or no shared labelled example.
         """
         ref, cand = align(reference, candidate)
         pair = pair_name(ref.name, cand.name)
-        pred_ref, pred_cand = ref.predictions.detach().cpu().numpy(), cand.predictions.detach().cpu().numpy()
-        (correct_ref, ids), (correct_cand, _) = correctness(ref), correctness(cand)  # same rows after align
+        correct_ref, correct_cand, ids = _pair_correctness(ref, cand)
 
         jac = jaccard(_error_ids(correct_ref, ids), _error_ids(correct_cand, ids))
         jac_boot = self._bootstrap(_jaccard_rows, ~correct_ref, ~correct_cand)
-        agree = agreement_rate(pred_ref, pred_cand)
-        agree_boot = self._bootstrap(_agreement_rows, pred_ref == pred_cand)
         fl = flips(correct_ref, correct_cand)
-
         metrics = {
             f"{pair}/error_jaccard": jac,
             f"{pair}/error_jaccard_ci_low": jac_boot.low,
             f"{pair}/error_jaccard_ci_high": jac_boot.high,
-            f"{pair}/agreement": agree,
-            f"{pair}/agreement_ci_low": agree_boot.low,
-            f"{pair}/agreement_ci_high": agree_boot.high,
             f"{pair}/flip_rate": fl.flip_rate,
             f"{pair}/correct_to_wrong": float(fl.correct_to_wrong),
             f"{pair}/wrong_to_correct": float(fl.wrong_to_correct),
-            f"{pair}/cohen_kappa": cohen_kappa(pred_ref, pred_cand),
             f"{pair}/mcnemar_p": mcnemar_exact_p(correct_ref, correct_cand),
-            f"{pair}/js_distance": float(jensen_shannon_distance(ref.probs, cand.probs)),
         }
+        notes = self._notes()
+        if not (ref.has_scores and cand.has_scores):
+            notes.append(self.UNSCORED_NOTE)
+        else:  # prediction agreement needs both models' scores
+            pred_ref = ref.predictions.detach().cpu().numpy()
+            pred_cand = cand.predictions.detach().cpu().numpy()
+            agree_boot = self._bootstrap(_agreement_rows, pred_ref == pred_cand)
+            metrics.update(
+                {
+                    f"{pair}/agreement": agreement_rate(pred_ref, pred_cand),
+                    f"{pair}/agreement_ci_low": agree_boot.low,
+                    f"{pair}/agreement_ci_high": agree_boot.high,
+                    f"{pair}/cohen_kappa": cohen_kappa(pred_ref, pred_cand),
+                    f"{pair}/js_distance": float(jensen_shannon_distance(ref.probs, cand.probs)),
+                }
+            )
         per_example = {
             f"errors_{pair}": {
                 "example_id": ids,
@@ -146,7 +199,7 @@ class ErrorsCharacteristic(Characteristic):
                 "candidate_correct": correct_cand,
             }
         }
-        return CharacteristicResult(metrics=metrics, per_example=per_example, notes=self._notes())
+        return CharacteristicResult(metrics=metrics, per_example=per_example, notes=notes)
 
     def _bootstrap(self, statistic: Callable[..., np.ndarray], *arrays: np.ndarray) -> BootstrapResult:
         return paired_bootstrap(
@@ -159,9 +212,13 @@ class ErrorsCharacteristic(Characteristic):
         )
 
     def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
-        """With >= 2 models: tables ``error_jaccard_matrix`` and ``agreement_matrix`` (rows
-        ``{"model": name, <other>: value, ...}``, diagonal 1) and an annotated heatmap
-        ``error_jaccard_matrix``.
+        """With >= 2 models, over every unordered pair (paper B's all-pairs comparison):
+
+        - table ``error_jaccard_matrix`` (rows ``{"model": name, <other>: value, ...}``, diagonal 1) and an
+          annotated heatmap of it;
+        - metrics ``matrix/<a>_vs_<b>/error_jaccard`` with ``_ci_low`` / ``_ci_high`` (paired bootstrap, as
+          in :meth:`compare`), ``a`` before ``b`` in the given model order;
+        - table ``agreement_matrix`` when every model carries scores (else a note says why it is absent).
 
         Raises:
             ValueError: duplicate model names, or a pair without shared labelled examples.
@@ -173,36 +230,34 @@ class ErrorsCharacteristic(Characteristic):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique for the pairwise matrix, got {names}")
         k = len(names)
+        scored = all(o.has_scores for o in outputs)
         jac, agr = np.eye(k), np.eye(k)
         index = {n: i for i, n in enumerate(names)}
         for a, b in all_pairs(outputs):
-            ra, cb = align(a, b)
-            pa, pb = ra.predictions.detach().cpu().numpy(), cb.predictions.detach().cpu().numpy()
-            (ca, ids), (cb_correct, _) = correctness(ra), correctness(cb)
+            ra, rb = align(a, b)
+            ca, cb, ids = _pair_correctness(ra, rb)
             i, j = index[a.name], index[b.name]
-            jac[i, j] = jac[j, i] = jaccard(_error_ids(ca, ids), _error_ids(cb_correct, ids))
-            agr[i, j] = agr[j, i] = agreement_rate(pa, pb)
-        for table, mat in (("error_jaccard_matrix", jac), ("agreement_matrix", agr)):
+            jac[i, j] = jac[j, i] = jaccard(_error_ids(ca, ids), _error_ids(cb, ids))
+            boot = self._bootstrap(_jaccard_rows, ~ca, ~cb)
+            scope = f"matrix/{pair_name(a.name, b.name)}"
+            result.metrics[f"{scope}/error_jaccard"] = float(jac[i, j])
+            result.metrics[f"{scope}/error_jaccard_ci_low"] = boot.low
+            result.metrics[f"{scope}/error_jaccard_ci_high"] = boot.high
+            if scored:
+                pa, pb = ra.predictions.detach().cpu().numpy(), rb.predictions.detach().cpu().numpy()
+                agr[i, j] = agr[j, i] = agreement_rate(pa, pb)
+        tables = (
+            (("error_jaccard_matrix", jac), ("agreement_matrix", agr))
+            if scored
+            else (("error_jaccard_matrix", jac),)
+        )
+        for table, mat in tables:
             result.tables[table] = [
                 {"model": n, **{m: float(mat[i, j]) for j, m in enumerate(names)}}
                 for i, n in enumerate(names)
             ]
-        result.figures["error_jaccard_matrix"] = _heatmap(jac, names, "Jaccard of error sets")
+        if not scored:
+            lacking = ", ".join(o.name for o in outputs if not o.has_scores)
+            result.notes.append(f"No scores for {lacking}: the agreement matrix is left out.")
+        result.figures["error_jaccard_matrix"] = matrix_heatmap(jac, names, "Jaccard of error sets")
         return result
-
-
-def _heatmap(mat: np.ndarray, names: list[str], title: str) -> Figure:
-    """Annotated heatmap of a symmetric [0, 1] matrix (pyplot-free Figure)."""
-    k = len(names)
-    side = 1.2 + 0.9 * k
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(k), labels=names, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(k), labels=names)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{mat[i, j]:.3f}", ha="center", va="center", color="w" if mat[i, j] < 0.6 else "k")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return fig

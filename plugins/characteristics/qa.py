@@ -1,7 +1,7 @@
 """Extractive-QA scores characteristic: SQuAD 2.0 exact match and F1 per model, and their change.
 
-Reads ``outputs.extras["qa"]`` (``prediction``, ``exact``, ``f1``, ``has_answer`` per question), which
-:func:`trustequiv.qa.predict_qa_outputs` attaches for tasks with ``kind: qa``. The error-set comparison of
+Reads the per-question columns ``prediction``, ``exact``, ``f1``, ``has_answer`` of the outputs, which the
+``extractive_qa`` task kind (:mod:`plugins.tasks.extractive_qa`) fills. The error-set comparison of
 two QA models is the ``errors`` characteristic's (EM = 0 is an error there).
 """
 
@@ -17,33 +17,25 @@ from trustequiv.functional.squad import normalize_answer
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
 
 
-def qa_extras(outputs: ModelOutputs) -> dict[str, Any]:
-    """``outputs.extras["qa"]`` with its lists as arrays, rows in ``outputs.example_ids`` order.
+def qa_columns(outputs: ModelOutputs) -> dict[str, Any]:
+    """The QA columns of ``outputs`` with their lists as arrays, rows in ``outputs.example_ids`` order.
 
     Raises:
         ValueError: the outputs are not from an extractive QA task.
     """
-    qa = outputs.extras.get("qa")
-    if not qa:
+    qa = outputs.columns
+    if "exact" not in qa or "prediction" not in qa:
         raise ValueError(
             f"{outputs.name}: no QA predictions in its outputs; the qa characteristic needs a task with "
-            "kind: qa (e.g. task=qa/squad2)"
+            "kind: extractive_qa (e.g. task=qa/squad2)"
         )
+    # predictions read back from a CSV carry no has_answer column: the gold label says it (1 = answerable)
+    has = qa["has_answer"] if "has_answer" in qa else (outputs.labels == 1).tolist()
     return {
         "prediction": list(qa["prediction"]),
         "exact": np.asarray(qa["exact"], dtype=float),
         "f1": np.asarray(qa["f1"], dtype=float),
-        "has_answer": np.asarray(qa["has_answer"], dtype=bool),
-    }
-
-
-def _rows(outputs: ModelOutputs, ids: np.ndarray) -> dict[str, Any]:
-    qa = qa_extras(outputs)
-    pos = {int(i): k for k, i in enumerate(outputs.example_ids.tolist())}
-    idx = np.array([pos[int(i)] for i in ids], dtype=np.int64)
-    return {
-        "prediction": [qa["prediction"][k] for k in idx],
-        **{k: qa[k][idx] for k in ("exact", "f1", "has_answer")},
+        "has_answer": np.asarray(has, dtype=bool),
     }
 
 
@@ -57,6 +49,7 @@ class QACharacteristic(Characteristic):
     """
 
     name = "qa"
+    headline_model = ("exact", "f1")
 
     def __init__(self, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 42) -> None:
         if int(n_bootstrap) < 1:
@@ -66,7 +59,7 @@ class QACharacteristic(Characteristic):
     def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
         """``<model>/exact``, ``/f1`` (all questions), ``/has_ans_exact``, ``/no_ans_exact``,
         ``/n_examples``."""
-        qa = qa_extras(outputs)
+        qa = qa_columns(outputs)
         has = qa["has_answer"]
         m = {
             f"{outputs.name}/exact": float(qa["exact"].mean()),
@@ -78,7 +71,7 @@ class QACharacteristic(Characteristic):
         if (~has).any():
             m[f"{outputs.name}/no_ans_exact"] = float(qa["exact"][~has].mean())
         notes = []
-        threshold = outputs.extras.get("qa_threshold")
+        threshold = outputs.info.get("qa_threshold")
         if threshold:
             m[f"{outputs.name}/null_threshold"] = float(threshold["null_score_diff_threshold"])
             m[f"{outputs.name}/answered_share"] = float(np.mean([bool(p) for p in qa["prediction"]]))
@@ -100,8 +93,7 @@ class QACharacteristic(Characteristic):
         """``<pair>/exact_diff``, ``/f1_diff`` (+ ``_ci_low`` / ``_ci_high``) and ``/answer_agreement``."""
         ref, cand = align(reference, candidate)
         ids = ref.example_ids.numpy()
-        # extras keep the row order of the outputs they came with (select() does not reorder them)
-        a, b = _rows(reference, ids), _rows(candidate, ids)
+        a, b = qa_columns(ref), qa_columns(cand)  # aligned rows (select reorders the columns)
         pair = pair_name(ref.name, cand.name)
         metrics: dict[str, float] = {}
         for key in ("exact", "f1"):

@@ -17,14 +17,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from plugins.characteristics.errors import _heatmap
 from trustequiv.characteristic import Characteristic, all_pairs, pair_name
+from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.representation import (
     DEFAULT_KS,
+    FAISS_MIN_N,
     NullSummary,
     knn_indices,
     linear_cka_null,
     mutual_knn_null,
+    resolve_knn_backend,
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
 
@@ -56,10 +58,15 @@ class RepresentationCharacteristic(Characteristic):
         seed: seed of the shuffles.
         cka: compute linear CKA (biased) and its unbiased-HSIC version.
         matrix_k: K of the all-pairs kNN matrix (must be in ``ks``; the nearest smaller one is used if not).
-        block_size: kNN search block size (extra memory ~ 8 * block_size^2 bytes).
+        block_size: torch kNN search block size (extra memory ~ 8 * block_size^2 bytes).
+        knn_backend: exact kNN search: ``auto`` (faiss from ``faiss_min_n`` examples on when installed, else
+            blocked torch), ``torch`` or ``faiss`` (needs ``pip install faiss-cpu``).
+        faiss_min_n: example count from which ``auto`` uses faiss.
+        faiss_gpu: faiss on a GPU: ``None`` = when faiss has GPU support and sees one, ``False`` = CPU.
     """
 
     name = "representation"
+    headline_pair = ("knn_k10", "cka_linear")
 
     def __init__(
         self,
@@ -69,6 +76,9 @@ class RepresentationCharacteristic(Characteristic):
         cka: bool = True,
         matrix_k: int = 10,
         block_size: int = 4096,
+        knn_backend: str = "auto",
+        faiss_min_n: int = FAISS_MIN_N,
+        faiss_gpu: bool | None = None,
     ) -> None:
         self.ks = sorted({int(k) for k in ks})
         if not self.ks or self.ks[0] < 1:
@@ -79,7 +89,13 @@ class RepresentationCharacteristic(Characteristic):
         self.seed = int(seed)
         self.cka = bool(cka)
         self.matrix_k = int(matrix_k)
-        self.block = {"block_size": int(block_size)}
+        self.search = {
+            "block_size": int(block_size),
+            "backend": str(knn_backend),
+            "faiss_min_n": faiss_min_n,
+            "faiss_gpu": faiss_gpu,
+        }
+        resolve_knn_backend(self.search["backend"], 0, self.search["faiss_min_n"])  # bad settings fail here
         self._knn: dict[tuple[str, str], torch.Tensor] = {}
         self._pairs: dict[tuple[str, str, str], dict[str, Any]] = {}
 
@@ -95,7 +111,7 @@ class RepresentationCharacteristic(Characteristic):
         key = (out.name, _fingerprint(out))
         found = self._knn.get(key)
         if found is None or found.shape[1] < kmax:
-            found = knn_indices(_embeddings(out), kmax, **self.block)
+            found = knn_indices(_embeddings(out), kmax, **self.search)
             self._knn[key] = found
         return found[:, :kmax]
 
@@ -213,9 +229,9 @@ class RepresentationCharacteristic(Characteristic):
                 {"model": n, **{m: float(mat[i, j]) for j, m in enumerate(names)}}
                 for i, n in enumerate(names)
             ]
-        result.figures["knn_matrix"] = _heatmap(knn_mat, names, f"Mutual kNN overlap, K={used_k}")
+        result.figures["knn_matrix"] = matrix_heatmap(knn_mat, names, f"Mutual kNN overlap, K={used_k}")
         if self.cka:
-            result.figures["cka_matrix"] = _heatmap(cka_mat, names, "Linear CKA")
+            result.figures["cka_matrix"] = matrix_heatmap(cka_mat, names, "Linear CKA")
         return result
 
 

@@ -1,4 +1,5 @@
-"""Readers for local text-classification files laid out like ``shared/data`` (see each folder's SOURCE.md).
+"""Readers for local text-classification files under ``paths.data_dir`` (one folder per task, the files of
+its config's ``loader.local`` block; README 'Local data').
 
 Each reader returns :class:`RawRows`: texts, the raw label string of every row (mapped to a class name later,
 through the per-file ``labels`` mapping of the task config) and the row's own id where the file carries one.
@@ -33,7 +34,8 @@ Files differ in ways a naive ``line.split("\\t")`` gets wrong, so each format is
     id = ``idx``.
 
 Errors: a header, field count, id or text that does not fit the format raises ``ValueError`` naming the file,
-the 1-based line number and the value.
+the 1-based line number and the value; a file that is not UTF-8 or has no rows raises
+:class:`trustequiv.errors.DataFileError` (a ValueError) naming the file (and the line).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from trustequiv.errors import DataFileError
 
 __all__ = ["FORMATS", "RawRows", "imdb_id", "read_rows"]
 
@@ -105,6 +109,39 @@ def _parse_int(path: Path, line: int, what: str, value: str) -> int:
         raise ValueError(f"{path}, line {line}: {what} {value!r} is not an integer") from None
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataFileError:
+    """The error for a file that is not UTF-8, naming the first line that does not decode: the decoder
+    reads in chunks, so ``err`` knows the byte offset in a chunk, not the line."""
+    line, column, byte = None, None, None
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as bad:
+                line, column, byte = n, bad.start + 1, raw[bad.start]
+                break
+    where = f"{path}, line {line}" if line is not None else str(path)
+    detail = f"byte 0x{byte:02x} at column {column}" if byte is not None else err.reason
+    return DataFileError(
+        f"{where}: not UTF-8 text ({detail})",
+        f"save the file as UTF-8 (if it is Latin-1: iconv -f latin1 -t utf-8 {path} > {path.name}.utf8, then "
+        "put that in its place)",
+    )
+
+
+def _no_rows(path: Path, header: bool) -> DataFileError:
+    what = f"{path} has a header but no rows" if header else f"{path} has no rows"
+    return DataFileError(what, "put the task's examples in it (or restore the original file)")
+
+
+def _decoded(path: Path, lines):
+    """``lines`` (an open text file), with a decoding failure turned into :func:`_not_utf8`'s error."""
+    try:
+        yield from lines
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
 def _read_tsv(path: Path, fmt: str, spec: _TsvSpec) -> RawRows:
     text_a: list[str] = []
     text_b: list[str] | None = [] if spec.text_b is not None else None
@@ -112,10 +149,15 @@ def _read_tsv(path: Path, fmt: str, spec: _TsvSpec) -> RawRows:
     ids: list[int] = []
     # utf-8-sig drops the BOM of the MRPC files and is a no-op elsewhere.
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=spec.quoting)
+        reader = csv.reader(_decoded(path, f), delimiter="\t", quoting=spec.quoting)
         first_line = 1
         if spec.header is not None:
             header = tuple(next(reader, ()))
+            if not header:
+                raise DataFileError(
+                    f"{path} is empty (format {fmt!r} starts with a header line)",
+                    "put the task's file there (header and rows), or restore the original file",
+                )
             expected = spec.header
             if header[: len(expected)] != expected or len(header) != spec.n_fields:
                 raise ValueError(
@@ -143,6 +185,8 @@ def _read_tsv(path: Path, fmt: str, spec: _TsvSpec) -> RawRows:
             labels.append(row[spec.label].strip())
             if spec.id is not None:
                 ids.append(_parse_int(path, line, "id", row[spec.id]))
+    if not labels:
+        raise _no_rows(path, header=spec.header is not None)
     return RawRows(text_a, text_b, labels, np.asarray(ids, dtype=np.int64) if spec.id is not None else None)
 
 
@@ -167,7 +211,7 @@ def _read_imdb_jsonl(path: Path) -> RawRows:
     labels: list[str] = []
     ids: list[int] = []
     with open(path, encoding="utf-8") as f:
-        for line, raw in enumerate(f, start=1):
+        for line, raw in enumerate(_decoded(path, f), start=1):
             if not raw.strip():
                 continue
             try:
@@ -183,6 +227,8 @@ def _read_imdb_jsonl(path: Path) -> RawRows:
                 raise ValueError(f"{path}, line {line}: {err}") from None
             text_a.append(text)
             labels.append(str(label))
+    if not labels:
+        raise _no_rows(path, header=False)
     return RawRows(text_a, None, labels, np.asarray(ids, dtype=np.int64))
 
 
@@ -202,6 +248,8 @@ def _read_advglue(path: Path, subset: str) -> RawRows:
     try:
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)[key]
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not an AdvGLUE dev.json with a {key!r} list ({err!r})") from None
     text_a: list[str] = []
@@ -218,6 +266,8 @@ def _read_advglue(path: Path, subset: str) -> RawRows:
         except (KeyError, TypeError, ValueError) as err:
             want = f"idx, label, {field_a}" + (f", {field_b}" if field_b else "")
             raise ValueError(f"{path}, {key}[{i}]: expected {want} ({err!r})") from None
+    if not labels:
+        raise _no_rows(path, header=False)
     return RawRows(text_a, text_b, labels, np.asarray(ids, dtype=np.int64))
 
 
@@ -229,6 +279,7 @@ def read_rows(path: str | Path, fmt: str) -> RawRows:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the caller adds the fix to the message).
+        trustequiv.errors.DataFileError: the file is not UTF-8 (naming the line), is empty or has no rows.
         ValueError: unknown format, or a row that does not fit the format.
     """
     path = Path(path)

@@ -39,7 +39,7 @@ Config (``loader`` block)::
         test: {file: dev.tsv, format: glue_sst2, labels: {"0": negative, "1": positive}, id_offset: ...}
         test_advglue: {file: ../advglue/dev.json, optional: true, format: advglue_sst2, ...}  # may be absent
       derive: {source: {file: train.tsv, ...}, fractions: {train: 0.9, validation: 0.1}}
-      missing_hint: null                   # extra sentence for the FileNotFoundError
+      missing_hint: null                   # extra sentence for the missing-file error
 
 Ids: ``id = id_offset + row id``, where the row id is the source's own id column (``idx`` on the hub,
 ``index`` / ``idx`` / ``id`` in files that have one, the IMDB file id) or else the 0-based row number. Offsets
@@ -63,12 +63,16 @@ from typing import Any
 import numpy as np
 
 from plugins.tasks.formats import FORMATS, read_rows
+from trustequiv.errors import MissingFileError, check_hub
 from trustequiv.labels import LabelMismatchError, label_permutation, resolve_label
 from trustequiv.splits import hash_split
 
 __all__ = ["GlueTaskLoader", "TextClassificationLoader"]
 
 logger = logging.getLogger(__name__)
+
+#: where local task files go, for messages (the layout: README 'Local data').
+LOCAL_DATA = "a folder of local task files (layout: README 'Local data')"
 
 _SPLIT_ORDER = ("train", "validation", "test")
 
@@ -178,7 +182,8 @@ class TextClassificationLoader:
         """Load the task's splits.
 
         Args:
-            data_dir: folder laid out like ``shared/data`` (``cfg.paths.data_dir``), or ``None`` for the hub.
+            data_dir: the folder of local task files (``cfg.paths.data_dir``: one sub-folder per task, README
+                'Local data'), or ``None`` for the hub.
             label_names: the task's canonical label order (``cfg.task.label_names``).
 
         Returns:
@@ -187,9 +192,12 @@ class TextClassificationLoader:
             unlabelled).
 
         Raises:
-            FileNotFoundError: a local file is missing, or the chosen source does not exist for this task; the
-                message names the path and the fix (``paths.data_dir=...`` or the hub).
-            ValueError: unknown columns or label values (naming file, row and value), ids not unique.
+            trustequiv.errors.MissingFileError: a local file is missing, or the chosen source does not exist
+                for this task; the message names the path and the fix (``paths.data_dir=...`` or the hub).
+            trustequiv.errors.HubUnreachableError: ``data_dir`` is None and the hub does not answer (within
+                seconds, not after the hub client's retries).
+            ValueError: unknown columns or label values (naming file, row and value), ids not unique; a file
+                that is not UTF-8 (naming file and line) or has no rows (trustequiv.errors.DataFileError).
             trustequiv.labels.LabelMismatchError: hub ClassLabel names do not match ``label_names``.
         """
         label_names = list(label_names)
@@ -230,12 +238,18 @@ class TextClassificationLoader:
 
         hub = self.hub
         if hub is None:
-            raise FileNotFoundError(
-                f"task {self.task!r} has no Hugging Face hub source; set paths.data_dir=<folder laid out "
-                f"like shared/data, with {self.local['folder']}/...> to load it from local files"
+            raise MissingFileError(
+                f"task {self.task!r} has no Hugging Face hub source (paths.data_dir is null)",
+                f"set paths.data_dir to {LOCAL_DATA}, holding {self.local['folder']}/",
             )
         kwargs = {"revision": hub["revision"]} if hub.get("revision") else {}
         args = [hub["path"]] + ([hub["name"]] if hub.get("name") else [])
+        check_hub(
+            f"task {self.task!r} data ({'/'.join(args)})",
+            f"set paths.data_dir to {LOCAL_DATA}"
+            if self.local is not None
+            else f"task {self.task!r} has no local files: run it where the hub is reachable",
+        )
         logger.info("task %s: loading %s from the Hugging Face hub", self.task, "/".join(args))
         dsd = datasets.load_dataset(*args, **kwargs)
         cols = dict(hub["columns"])
@@ -313,29 +327,28 @@ class TextClassificationLoader:
             srcs.append(self.local["derive"]["source"])
         return srcs
 
-    def _missing(self, path: Path) -> FileNotFoundError:
+    def _missing(self, path: Path) -> MissingFileError:
         hint = self.local.get("missing_hint")
         hub = self.hub
         hub_fix = (
-            f"or drop paths.data_dir (paths.data_dir=null) to load {hub['path']}"
+            f", or drop paths.data_dir (paths.data_dir=null) to load {hub['path']}"
             f"{'/' + hub['name'] if hub.get('name') else ''} from the Hugging Face hub"
             if hub is not None
-            else "(this task has no Hugging Face hub source)"
+            else " (this task has no Hugging Face hub source)"
         )
-        return FileNotFoundError(
-            f"{path} not found: task {self.task!r} reads it from paths.data_dir. "
-            + (f"{hint} " if hint else "")
-            + f"Fix: set paths.data_dir=<a folder laid out like shared/data, holding "
-            f"{self.local['folder']}/{path.name}> {hub_fix}."
+        return MissingFileError(
+            f"{path} not found: task {self.task!r} reads it from paths.data_dir"
+            + (f". {hint}" if hint else ""),
+            f"set paths.data_dir to {LOCAL_DATA}, holding {self.local['folder']}/{path.name}{hub_fix}",
         )
 
     def _load_local(self, data_dir: Path, label_names: list[str]) -> dict[str, _Part]:
         local = self.local
         if local is None:
             hub = self.hub
-            raise FileNotFoundError(
-                f"task {self.task!r} has no local files (paths.data_dir={data_dir}); drop paths.data_dir "
-                f"(paths.data_dir=null) to load {hub['path']} from the Hugging Face hub"
+            raise MissingFileError(
+                f"task {self.task!r} has no local files (paths.data_dir={data_dir})",
+                f"drop paths.data_dir (paths.data_dir=null) to load {hub['path']} from the Hugging Face hub",
             )
         folder = data_dir / local["folder"]
         # Fail on the first missing file before parsing anything.

@@ -9,8 +9,8 @@ The attribution algorithms are the libraries' own (``lime.lime_text.LimeTextExpl
 - a per-example sampler seed (:func:`example_seed`), so every model gets the same perturbations;
 - two passes for large batches: the samplers' draws do not depend on the model's answers, so a first pass
   records every perturbed text of every example (LIME's explainer is stopped right after sampling; SHAP's is
-  fed zeros), the predictor evaluates all unique texts in large length-sorted batches, and a second pass with
-  the same seeds replays each explainer on the stored probabilities.
+  fed zeros), the model's text scorer (:class:`trustequiv.scorer.TextScorer`) evaluates all unique texts at
+  once, and a second pass with the same seeds replays each explainer on the stored probabilities.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from plugins.characteristics.attribution.perturb import WordFeatures, example_seed
+from trustequiv.data import TOKEN_KEYS, pad_features, pad_id_of
 from trustequiv.functional.attribution import aggregate_to_words
 
 Texts = tuple[str, ...]
@@ -257,19 +258,13 @@ def ig_attributions(
         return_offsets_mapping=True,
     )
     special = set(tokenizer.all_special_ids)
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id_of(tokenizer)
+    keys = [k for k in TOKEN_KEYS if k in enc]
     order = np.argsort([-len(x) for x in enc["input_ids"]], kind="stable")
     out: list[np.ndarray | None] = [None] * len(feats)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(enc["input_ids"][i]) for i in idx)
-        tensors = {}
-        for key in ("input_ids", "attention_mask", "token_type_ids"):
-            if key in enc:
-                fill = pad if key == "input_ids" else 0
-                tensors[key] = torch.tensor(
-                    [enc[key][i] + [fill] * (width - len(enc[key][i])) for i in idx], device=device
-                )
+        tensors = pad_features([{k: enc[k][i] for k in keys} for i in idx], pad, device)
         ids = tensors["input_ids"]
         is_special = torch.zeros_like(ids, dtype=torch.bool)
         for s in special:

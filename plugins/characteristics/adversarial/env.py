@@ -4,7 +4,7 @@
 reads ``nltk.corpus.stopwords.words("english")``; offline that raises ``LookupError: Resource 'stopwords' not
 found``. Its first import also calls ``nltk.download`` for six resources
 (``textattack.shared.utils.install._post_install``). :func:`import_textattack` writes the explicit English
-stop-word list of :mod:`adversarial_stopwords` as an NLTK corpus (``<nltk_dir>/corpora/stopwords/english``),
+stop-word list of :mod:`.stopwords` as an NLTK corpus (``<nltk_dir>/corpora/stopwords/english``),
 puts that directory first on ``nltk.data.path`` and, while importing, replaces ``nltk.download`` with a no-op
 that reports failure (no network is tried). Nothing else that BERT-Attack uses needs NLTK data (its word
 splitting is TextAttack's own regex; the POS tagger and WordNet are used only by other recipes, which then
@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from plugins.characteristics.adversarial_stopwords import NLTK_ENGLISH_STOPWORDS
+from plugins.characteristics.adversarial.stopwords import NLTK_ENGLISH_STOPWORDS
 
 log = logging.getLogger(__name__)
 

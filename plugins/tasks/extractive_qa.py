@@ -1,5 +1,5 @@
-"""Extractive question answering (SQuAD 2.0 layout, task config ``kind: qa``): fine-tuning, prediction and
-the outputs the characteristics read.
+"""Task kind ``extractive_qa`` (SQuAD 2.0 layout, task config ``kind: extractive_qa``): fine-tuning,
+prediction and the outputs the characteristics read.
 
 Features follow the Hugging Face question-answering example (``run_qa.py``): question + context tokenized
 with ``truncation="only_second"``, ``max_length`` and ``doc_stride`` overlapping windows of a long context
@@ -23,13 +23,13 @@ What the characteristics receive (:class:`trustequiv.outputs.ModelOutputs`, one 
   the answerability decision.
 - ``correct (N,)``: exact match = 1; ``errors`` takes EM = 0 as the error set.
 - ``embeddings (N, D)``: the [CLS] state of the question's first window (``representation``).
-- ``extras["qa"]``: ``prediction`` (answer texts), ``exact`` (0/1), ``f1`` ([0, 1]), ``has_answer``; the
-  ``qa`` characteristic reports EM / F1 from them. Also ``span_text`` / ``span_exact`` / ``span_f1`` (the best
-  non-null span, answered or not) and ``score_diff``; ``extras["qa_threshold"]``: how the threshold was set.
+- ``columns``: ``prediction`` (answer texts), ``exact`` (0/1), ``f1`` ([0, 1]), ``has_answer``; the ``qa``
+  characteristic reports EM / F1 from them. Also ``span_text`` / ``span_exact`` / ``span_f1`` (the best
+  non-null span, answered or not) and ``score_diff``; ``info["qa_threshold"]``: how the threshold was set.
 
-Prediction runs windows in length-sorted batches (dynamic padding) on one device; each finished batch's
-window logits are written to the cache's partial dir, so a killed prediction resumes with the windows not yet
-done. The finished outputs are cached whole (tensors and the extras JSON under one key).
+Prediction runs windows in length-sorted batches (dynamic padding) on one device through the one cached
+prediction (:func:`trustequiv.prediction.cached_prediction`, rows = windows): each finished batch's window
+logits are written to the cache's partial dir, so a killed prediction resumes with the windows not yet done.
 """
 
 from __future__ import annotations
@@ -39,38 +39,30 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from trustequiv.cache import OutputCache, PartialPredictionWriter, content_key
+from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data import LengthSortedBatchSampler
 from trustequiv.functional.squad import best_null_threshold, postprocess_question, squad_v2_scores
-from trustequiv.models import (
-    LoadedModel,
-    load_checkpoint,
-    local_dir,
-)
+from trustequiv.models import LoadedModel, load_checkpoint, local_dir
 from trustequiv.module import SequenceClassifier
 from trustequiv.outputs import ModelOutputs
+from trustequiv.prediction import cached_prediction, output_key
 from trustequiv.runtime import make_trainer
+from trustequiv.task_kind import TaskKind
 from trustequiv.training import Recipe, fine_tune, optimizer_settings
 
 log = logging.getLogger(__name__)
 
-#: bump when the QA prediction's semantics change.
-QA_CACHE_VERSION = 2  # 2: threshold-free outputs with the best span of each question
 NO_VALID_SPAN_MARGIN = 100.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _QA_TENSORS = ("feature", "start_logits", "end_logits", "embeddings")  # per window, written batch by batch
-
-
-def is_qa(task_cfg: Mapping[str, Any]) -> bool:
-    """Whether the task config is an extractive QA task (``kind: qa``; absent = classification)."""
-    return task_cfg.get("kind", "classification") == "qa"
+KIND_NAME = "extractive_qa"
 
 
 # ---------------------------------------------------------------- features
@@ -216,6 +208,7 @@ def load_qa_model(
     """Load a fine-tuned ``AutoModelForQuestionAnswering`` (with any on-load compression), eval mode.
 
     Same signature as :func:`trustequiv.models.load_classifier`; the label arguments are unused.
+    (Checks that refuse a checkpoint of another kind are :func:`trustequiv.models.load_checkpoint`'s.)
     """
     from transformers import AutoModelForQuestionAnswering
 
@@ -262,11 +255,11 @@ def choose_null_threshold(validation: ModelOutputs) -> dict[str, Any]:
     """The official SQuAD 2.0 best-F1 no-answer threshold of one model on its validation outputs
     (threshold-free, from :func:`predict_qa_outputs`): ``{"null_score_diff_threshold", "chosen_on",
     "validation_f1", "validation_f1_at_0"}`` (F1 in [0, 1])."""
-    qa = validation.extras["qa"]
+    qa = validation.columns
     f1, threshold = best_null_threshold(
         qa["score_diff"], qa["span_f1"], qa["has_answer"], [bool(t) for t in qa["span_text"]]
     )
-    at_zero = apply_null_threshold(validation, 0.0).extras["qa"]["f1"]
+    at_zero = apply_null_threshold(validation, 0.0).columns["f1"]
     return {
         "null_score_diff_threshold": threshold,
         "chosen_on": "validation (official best-F1 threshold)",
@@ -299,8 +292,8 @@ def apply_null_threshold(
     """QA outputs with answers decided at ``threshold``: a question is answered with its best span when
     ``null_score - best_span_score <= threshold``, else "" (official SQuAD 2.0 rule); EM / F1 / ``correct``
     follow, and the answer logit is shifted by ``threshold`` so argmax and softmax describe the thresholded
-    decision. ``info`` (how the threshold was set) is kept under ``extras["qa_threshold"]``."""
-    qa = out.extras["qa"]
+    decision. ``info`` (how the threshold was set) is kept under ``info["qa_threshold"]``."""
+    qa = out.columns
     diff = np.asarray(qa["score_diff"], dtype=float)
     answered = diff <= threshold
     has = np.asarray(qa["has_answer"], dtype=bool)
@@ -308,18 +301,19 @@ def apply_null_threshold(
     f1 = np.where(answered, qa["span_f1"], (~has).astype(float))
     logits = out.logits.clone()
     logits[:, 1] += threshold
-    extras = {
-        **out.extras,
-        "qa": {
-            **qa,
-            "prediction": [t if a else "" for t, a in zip(qa["span_text"], answered, strict=True)],
-            "exact": exact.astype(int).tolist(),
-            "f1": f1.tolist(),
-        },
-        "qa_threshold": dict(info or {"null_score_diff_threshold": float(threshold), "chosen_on": "config"}),
+    columns = {
+        **qa,
+        "prediction": [t if a else "" for t, a in zip(qa["span_text"], answered, strict=True)],
+        "exact": exact.astype(int).tolist(),
+        "f1": f1.tolist(),
     }
+    threshold_info = dict(info or {"null_score_diff_threshold": float(threshold), "chosen_on": "config"})
     return dataclasses.replace(
-        out, logits=logits, correct=torch.from_numpy(exact.astype(bool)), extras=extras
+        out,
+        logits=logits,
+        correct=torch.from_numpy(exact.astype(bool)),
+        columns=columns,
+        info={**out.info, "qa_threshold": threshold_info},
     )
 
 
@@ -375,14 +369,12 @@ def qa_outputs_from_logits(
         labels=torch.from_numpy(span_scores.has_answer.astype(np.int64)),
         label_names=label_names,
         embeddings=None if cls_embeddings is None else cls_embeddings[emb_rows].float(),
-        extras={
-            "qa": {
-                "span_text": spans,
-                "span_exact": span_scores.exact_per_example.tolist(),
-                "span_f1": span_scores.f1_per_example.tolist(),
-                "score_diff": diffs,
-                "has_answer": span_scores.has_answer.tolist(),
-            }
+        columns={
+            "span_text": spans,
+            "span_exact": span_scores.exact_per_example.tolist(),
+            "span_f1": span_scores.f1_per_example.tolist(),
+            "score_diff": diffs,
+            "has_answer": span_scores.has_answer.tolist(),
         },
     )
     return apply_null_threshold(raw, float(settings.get("null_score_diff_threshold", 0.0)))
@@ -396,62 +388,54 @@ def predict_qa_outputs(
     *,
     task_cfg: Mapping[str, Any],
     split: str,
-    cache: OutputCache,
+    cache: Any,
     trainer_cfg: Mapping[str, Any],
     predict_cfg: Mapping[str, Any],
-    meta: Mapping[str, Any] | None = None,
-    declared_label_names: list[str] | None = None,
+    key_extra: Mapping[str, Any],
 ) -> tuple[ModelOutputs, bool]:
-    """QA counterpart of :func:`trustequiv.prediction.predict_outputs` (same arguments and return).
-
-    The rows come back in ``split_data``'s order; a second call with the same checkpoint content, task,
-    split, ids and QA settings loads nothing and runs no forward pass.
-    """
+    """``(outputs, was_cached)``: one row per question of ``split_data``, in its order, answered at threshold
+    0 (the pipeline applies each model's threshold after). A second call with the same checkpoint content,
+    task, split content and QA settings loads nothing and runs no forward pass."""
     settings = qa_settings(task_cfg)
     label_names = tuple(task_cfg["label_names"])
     ids = [int(i) for i in split_data["id"]]
-    key = content_key(
-        version=QA_CACHE_VERSION,
-        kind="qa",
-        checkpoint=fingerprint,
+    layer = int(predict_cfg.get("layer", -1))
+    key = output_key(
+        kind=KIND_NAME,
+        fingerprint=fingerprint,
         task=task_cfg["name"],
         split=split,
-        ids=content_key(ids=sorted(ids)),
-        layer=predict_cfg.get("layer", -1),
-        **settings,
+        data=key_extra["data"],
+        settings={**settings, "layer": layer},
     )
-    text_key = content_key(kind="qa_extras", outputs=key)
-    cached, extras = cache.load(key, name), cache.load_extras(text_key)
-    if cached is not None and extras is not None and cached.correct is not None:
-        order = {i: k for k, i in enumerate(cached.example_ids.tolist())}
-        if sorted(order) == sorted(ids):
-            out = cached.select(torch.tensor(ids, dtype=torch.long))
-            pos = [order[i] for i in ids]
-            return dataclasses.replace(
-                out, extras={"qa": {k: [v[p] for p in pos] for k, v in extras.items()}}
-            ), True
+    windows: dict[str, Any] = {}
 
-    loaded = load()
-    features = encode_qa(
-        split_data,
-        loaded.tokenizer,
-        max_length=settings["max_length"],
-        doc_stride=settings["doc_stride"],
-    )
-    done = cache.partial_files(key)  # windows a killed run already predicted (same windows: same key)
-    finished = {f for b in done for f in b["feature"].tolist()}
-    todo = [f for f in range(len(features)) if f not in finished]
-    log.info(
-        "%s: predicting %d questions (%d windows%s) of %s/%s",
-        name,
-        len(ids),
-        len(todo),
-        f", {len(finished)} done before" if finished else "",
-        task_cfg["name"],
-        split,
-    )
-    if todo:
-        module = QuestionAnswerer(loaded.model, layer=int(predict_cfg.get("layer", -1)))
+    def features() -> list[dict[str, Any]]:
+        if "features" not in windows:
+            windows["features"] = encode_qa(
+                split_data,
+                load().tokenizer,
+                max_length=settings["max_length"],
+                doc_stride=settings["doc_stride"],
+            )
+        return windows["features"]
+
+    def run(finished: set[int]) -> None:
+        loaded = load()
+        feats = features()
+        todo = [f for f in range(len(feats)) if f not in finished]
+        log.info(
+            "%s: predicting %d questions (%d windows%s) of %s/%s",
+            name,
+            len(ids),
+            len(todo),
+            f", {len(finished)} done before" if finished else "",
+            task_cfg["name"],
+            split,
+        )
+        if not todo:
+            return
+        module = QuestionAnswerer(loaded.model, layer=layer)
         writer = PartialPredictionWriter(cache.partial_dir(key), keys=_QA_TENSORS, id_key="feature")
         trainer = make_trainer(
             trainer_cfg,
@@ -462,25 +446,39 @@ def predict_qa_outputs(
             devices=1,
             strategy="auto",
         )
-        batch_size = int(predict_cfg.get("batch_size", 64))
-        loader = _predict_loader(features, todo, loaded.tokenizer, batch_size)
+        loader = _predict_loader(feats, todo, loaded.tokenizer, int(predict_cfg.get("batch_size", 64)))
         trainer.predict(module, dataloaders=loader, return_predictions=False)
-        done = cache.partial_files(key)
-    starts: list[np.ndarray] = [np.empty(0)] * len(features)
-    ends: list[np.ndarray] = [np.empty(0)] * len(features)
-    emb = torch.zeros(len(features), done[0]["embeddings"].shape[1]) if done else None
-    for b in done:
-        for k, f in enumerate(b["feature"].tolist()):
-            width = len(features[f]["input_ids"])
-            starts[f] = b["start_logits"][k, :width].numpy()
-            ends[f] = b["end_logits"][k, :width].numpy()
-            emb[f] = b["embeddings"][k]
-    out = qa_outputs_from_logits(name, split_data, features, starts, ends, emb, label_names, settings)
-    info = {"model": name, "task": task_cfg["name"], "split": split, "checkpoint_fingerprint": fingerprint}
-    cache.save_extras(text_key, out.extras["qa"])
-    cache.save(key, out, {**info, **(meta or {}), "qa": settings})
-    cache.clear_partial(key)
-    return out, False
+
+    def assemble(done: list[dict[str, Tensor]]) -> ModelOutputs:
+        feats = features()
+        starts: list[np.ndarray] = [np.empty(0)] * len(feats)
+        ends: list[np.ndarray] = [np.empty(0)] * len(feats)
+        emb = torch.zeros(len(feats), done[0]["embeddings"].shape[1])
+        for b in done:
+            for k, f in enumerate(b["feature"].tolist()):
+                width = len(feats[f]["input_ids"])
+                starts[f] = b["start_logits"][k, :width].numpy()
+                ends[f] = b["end_logits"][k, :width].numpy()
+                emb[f] = b["embeddings"][k]
+        return qa_outputs_from_logits(name, split_data, feats, starts, ends, emb, label_names, settings)
+
+    meta = {
+        "model": name,
+        "task": task_cfg["name"],
+        "split": split,
+        "checkpoint_fingerprint": fingerprint,
+        "qa": settings,
+    }
+    return cached_prediction(
+        cache,
+        key,
+        name=name,
+        run=run,
+        assemble=assemble,
+        id_key="feature",
+        meta=meta,
+        expected_ids=ids,
+    )
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -528,8 +526,60 @@ QA_RECIPE = Recipe(
     fit_inputs=_qa_inputs,
     monitor="val/loss",
     mode="min",
-    metadata=lambda task_cfg: {"kind": "qa", "qa": qa_settings(task_cfg)},
+    metadata=lambda task_cfg: {"kind": KIND_NAME, "qa": qa_settings(task_cfg)},
 )
 
 #: QA counterpart of :func:`trustequiv.training.fine_tune` (same arguments and return).
 fine_tune_qa = functools.partial(fine_tune, recipe=QA_RECIPE)
+
+
+class ExtractiveQA(TaskKind):
+    """Extractive QA: one row per question; logits ``[null_score, best_span_score]``; answers in columns."""
+
+    name = KIND_NAME
+    model_class = "AutoModelForQuestionAnswering"
+    csv_columns: ClassVar[Mapping[str, str]] = {
+        "predicted_answer": "prediction",
+        "exact": "exact",
+        "f1": "f1",
+    }
+
+    def recipe(self) -> Recipe:
+        return QA_RECIPE
+
+    def load_model(
+        self, directory: Path, task_cfg: Mapping[str, Any], *, declared_label_names=None, **kwargs
+    ):
+        return load_qa_model(str(directory), **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any) -> tuple[ModelOutputs, bool]:
+        return predict_qa_outputs(*args, **kwargs)
+
+    def postprocessor(self, task_cfg, predict_split, available_splits):
+        """Each model's answers at its no-answer threshold: the configured number, or with
+        ``null_score_diff_threshold: validation`` the official best-F1 threshold on its validation outputs.
+
+        Raises:
+            ValueError: ``validation`` is asked for and the task has no validation split.
+        """
+
+        def validation() -> ModelOutputs:
+            if "validation" not in available_splits:
+                raise ValueError(
+                    f"task {task_cfg['name']}: null_score_diff_threshold=validation needs a validation "
+                    "split; "
+                    f"it has {available_splits} (set a number instead)"
+                )
+            return predict_split("validation")
+
+        info = null_threshold_for(task_cfg, validation)
+        return lambda out: apply_null_threshold(out, info["null_score_diff_threshold"], info)
+
+    def ood_settings(self, task_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: task_cfg[k] for k in ("max_length", "doc_stride") if k in task_cfg}
+
+    def training_summary(self, metadata: Mapping[str, Any]) -> str:
+        return f"best val loss: {metadata.get('best_val_loss')}"
+
+
+KIND = ExtractiveQA()

@@ -21,7 +21,7 @@ from typing import Any
 
 def lazy_bert_attack_swap_class() -> type:
     """The :class:`LazyBertAttackSwap` class (TextAttack is imported on first use; call
-    ``adversarial_env.import_textattack`` first)."""
+    ``adversarial.env.import_textattack`` first)."""
     from textattack.shared import utils
     from textattack.transformations import WordSwapMaskedLM
 

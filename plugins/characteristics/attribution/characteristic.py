@@ -1,0 +1,439 @@
+"""Interpretability alignment: do the two models rest their predictions on the same words?
+
+Per model (:meth:`AttributionCharacteristic.collect`, cached, once per model and split): word-level
+attributions of ``n_examples`` examples (the project's seeded sample, :func:`trustequiv.sampling.
+sample_positions`: the examples the adversarial characteristic attacks), for EVERY class (LIME and SHAP give
+all classes from the same perturbations; IG runs once per class), for each run seed. Storing every class is
+what lets ``explained_class="reference_prediction"`` work although ``collect`` sees one model at a time, and
+keeps the explained-class mode out of the cache key. LIME and SHAP score perturbed texts through the model's
+text scorer (any model source); IG needs the torch model's gradients.
+
+Per pair (:meth:`compare`): paper A's top-K unique-word Jaccard (Rai, Pal, Awekar, arXiv 2508.13533) and
+Krishna et al. (2022)'s feature / rank / sign / signed-rank agreement, Spearman rank correlation and pairwise
+rank agreement, per example and per seed; reported as the mean over runs with the sample variance over runs
+(ddof=1, paper A's 3 seeds) and a percentile bootstrap interval over examples of the seed-averaged values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from plugins.characteristics.attribution.figures import heatmap_figure, heatmap_html, histogram_figure
+from plugins.characteristics.attribution.perturb import DEFAULT_WORD_PATTERN, WordFeatures, word_keys
+from trustequiv.cache import OutputCache, content_key
+from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
+from trustequiv.functional.bootstrap import paired_bootstrap
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+from trustequiv.sampling import SAMPLER, sample_positions
+from trustequiv.scorer import TextScorer
+from trustequiv.sources import ModelHandle
+
+log = logging.getLogger(__name__)
+
+ExplainedClass = Literal["gold", "prediction", "reference_prediction"]
+
+
+class AttributionCharacteristic(Characteristic):
+    """Base of the attribution characteristics (subclasses implement :meth:`_attribute`).
+
+    Args:
+        n_examples: examples explained per split: the seeded sample of
+            :func:`trustequiv.sampling.sample_positions` (the adversarial characteristic attacks the same
+            ones; since that sampler replaced attribution's own, earlier runs' numbers came from other
+            examples); null: all.
+        seeds: run seeds (paper A: 42, 43, 44); each example's sampler is seeded from (seed, example id).
+        explained_class: ``gold`` (paper A's default; unlabelled rows use the reference's prediction),
+            ``prediction`` (each model explains its own predicted class) or ``reference_prediction``.
+        top_k: K of the top-K metrics (paper A: 10).
+        rank_by: ``abs`` (paper A NLI code, Krishna et al.) or ``signed`` (paper A PI code).
+        lowercase: compare word strings case-insensitively in the unique-word Jaccard.
+        word_pattern: regex of a word feature (paper A's PI SHAP tokenizer ``\\w+|[^\\w\\s]`` by default).
+        mask_token: null deletes a hidden word (LIME's default); a string replaces it (e.g. ``"[MASK]"``).
+        batch_tokens, max_batch: the text scorer's batch budget (padded tokens, texts); batch_tokens None
+            = 4096 on CPU, 32768 on GPUs (:class:`trustequiv.scorer.TorchTextScorer`).
+        devices: torch devices; null: every GPU if there is one (and the model may use it), else the CPU.
+
+    Raises:
+        ValueError: an unknown ``explained_class`` or ``rank_by``, ``top_k`` < 1, no seed, or ``n_examples``
+            that is not a positive number.
+        n_bootstrap, confidence, bootstrap_seed: the interval over examples.
+        n_figure_examples: examples shown as word heatmaps (the lowest Jaccard, or ``figure_examples``).
+        figure_examples: explicit example ids for the heatmaps.
+        runs_dir: where each finished seed's attributions are kept (JSON per model, config and seed), so
+            a killed run resumes with the seeds not yet done (config: ``${paths.cache_dir}/attributions``);
+            null: nothing is kept between runs but the pipeline's cache of the finished result.
+    """
+
+    name = "attribution"
+    method = "base"
+    needs_model = True
+    deterministic = False
+    #: whether the method needs the torch model's gradients (IG) rather than the text scorer (LIME, SHAP).
+    needs_gradients = False
+
+    def __init__(
+        self,
+        n_examples: int | None = 200,
+        seeds: Sequence[int] = (42, 43, 44),
+        explained_class: ExplainedClass = "gold",
+        top_k: int = 10,
+        rank_by: str = "abs",
+        lowercase: bool = True,
+        word_pattern: str = DEFAULT_WORD_PATTERN,
+        mask_token: str | None = None,
+        batch_tokens: int | None = None,
+        max_batch: int = 1024,
+        devices: Sequence[str] | None = None,
+        n_bootstrap: int = 1000,
+        confidence: float = 0.95,
+        bootstrap_seed: int = 42,
+        n_figure_examples: int = 3,
+        figure_examples: Sequence[int] | None = None,
+        runs_dir: str | None = None,
+    ) -> None:
+        if explained_class not in ("gold", "prediction", "reference_prediction"):
+            raise ValueError(
+                f"explained_class must be gold, prediction or reference_prediction, got {explained_class!r}"
+            )
+        if rank_by not in ("abs", "signed"):
+            raise ValueError(f"rank_by must be 'abs' or 'signed', got {rank_by!r}")
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        sample_positions([0], n_examples, key="n_examples")  # a bad n_examples fails at construction
+        self.n_examples = None if n_examples is None else int(n_examples)
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("seeds must name at least one run seed")
+        self.explained_class = explained_class
+        self.top_k, self.rank_by, self.lowercase = int(top_k), rank_by, bool(lowercase)
+        self.word_pattern, self.mask_token = str(word_pattern), mask_token
+        self.batch_tokens = None if batch_tokens is None else int(batch_tokens)
+        self.max_batch = int(max_batch)
+        self.devices = list(devices) if devices else None
+        self.n_bootstrap, self.confidence, self.bootstrap_seed = (
+            int(n_bootstrap),
+            float(confidence),
+            int(bootstrap_seed),
+        )
+        self.n_figure_examples = int(n_figure_examples)
+        self.figure_examples = [int(i) for i in figure_examples] if figure_examples else None
+        self.runs_dir = Path(runs_dir) if runs_dir else None
+
+    # ------------------------------------------------------------------ per model (cached)
+    def method_config(self) -> dict[str, Any]:
+        """The method's own settings that change attributions (subclasses extend)."""
+        return {}
+
+    def cache_config(self) -> Mapping[str, Any]:
+        return {
+            "method": self.method,
+            "n_examples": self.n_examples,
+            # results drawn by attribution's earlier sampler are not reused
+            **({} if self.n_examples is None else {"sampler": SAMPLER}),
+            "seeds": [0] if self.deterministic else self.seeds,
+            "word_pattern": self.word_pattern,
+            "mask_token": self.mask_token,
+            **self.method_config(),
+        }
+
+    def _attribute(
+        self,
+        feats: list[WordFeatures],
+        model: ModelHandle,
+        task: Mapping[str, Any],
+        seed: int,
+        n_classes: int,
+        scorer: TextScorer | None,
+    ) -> list[np.ndarray]:
+        """Per example ``(C, F)`` attributions for run ``seed``; ``scorer`` is None for gradient methods."""
+        raise NotImplementedError
+
+    def _scorer(self, model: ModelHandle, task: Mapping[str, Any]) -> TextScorer | None:
+        if self.needs_gradients:
+            if model.loaded is None:
+                raise ValueError(
+                    f"{self.method.upper()} needs gradients: a {model.source} model has none; "
+                    "LIME and SHAP run through its scorer"
+                )
+            return None
+        return model.scorer(task).configure(
+            batch_tokens=self.batch_tokens, max_batch=self.max_batch, devices=self.devices
+        )
+
+    def examples(self, ids: Sequence[int]) -> list[int]:
+        """Positions of the explained examples (the shared sample: the ones attacked), in file order."""
+        return sample_positions(ids, self.n_examples, key="n_examples")
+
+    def collect(
+        self, model: ModelHandle, outputs: ModelOutputs, data: Any, task: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """Word attributions for every class of the selected examples, per run seed.
+
+        Args:
+            model: the model's handle: LIME and SHAP score through ``model.scorer(task)``, IG differentiates
+                ``model.loaded``.
+
+        Returns:
+            ``{"method", "examples": [{"id", "words", "segments"}], "runs": {seed: [(C, F) lists]}, "error",
+            "seconds", "perturbed_texts", "unique_texts", "perturbed_tokens"}`` (JSON-serialisable).
+
+        Raises:
+            ValueError: a gradient method (IG) on a model without a torch model (e.g. ONNX); one line, the
+                pipeline's note for this characteristic.
+        """
+        scorer = self._scorer(model, task)
+        ids = [int(i) for i in data["id"]]
+        pos = self.examples(ids)
+        pair = bool(task.get("pair"))
+        text_a = data["text_a"]
+        text_b = data["text_b"] if pair else None
+        feats = [
+            WordFeatures.from_texts(ids[i], text_a[i], text_b[i] if pair else None, self.word_pattern)
+            for i in pos
+        ]
+        n_classes = len(task["label_names"])
+        # each finished seed in an OutputCache extras file (atomic; a corrupt one is moved aside and redone)
+        store = None if self.runs_dir is None else OutputCache(self.runs_dir)
+        run_key = content_key(
+            config=dict(self.cache_config()),
+            checkpoint=model.fingerprint,
+            task=task.get("name"),
+            max_length=int(task.get("max_length", 128)),
+            ids=[f.example_id for f in feats],
+        )
+        runs: dict[str, Any] = {}
+        totals = dict.fromkeys(("seconds", "perturbed_texts", "unique_texts", "perturbed_tokens"), 0.0)
+        error = None
+        seeds = [0] if self.deterministic else self.seeds
+        for k, seed in enumerate(seeds):
+            seed_key = content_key(run=run_key, seed=seed)
+            done = None if store is None else store.load_extras(seed_key)
+            kept = done is not None
+            if not kept:
+                before = _counters(scorer)
+                started = time.perf_counter()
+                try:
+                    attrs = self._attribute(feats, model, task, seed, n_classes, scorer)
+                except RuntimeError as err:  # a model the method cannot run through: reported, not fatal
+                    error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                    log.warning("%s on %s failed: %s", self.name, model.name, error)
+                    break
+                after = _counters(scorer)
+                done = {
+                    "seed": seed,
+                    "attributions": [np.round(a, 8).tolist() for a in attrs],
+                    "seconds": time.perf_counter() - started,
+                    "perturbed_texts": after[0] - before[0],
+                    "unique_texts": after[1] - before[1],
+                    "perturbed_tokens": after[2] - before[2],
+                }
+                if store is not None:
+                    store.save_extras(seed_key, done)
+            runs[str(seed)] = done["attributions"]
+            for key in totals:
+                totals[key] += done[key]
+            log.info(
+                "%s: seed %s (%d of %d), %d examples, %.1f s%s, %d perturbed texts (%d unique, %d tokens)",
+                self.name,
+                seed,
+                k + 1,
+                len(seeds),
+                len(feats),
+                done["seconds"],
+                " (kept from an earlier run)" if kept else "",
+                done["perturbed_texts"],
+                done["unique_texts"],
+                done["perturbed_tokens"],
+            )
+        return {
+            "method": self.method,
+            "examples": [{"id": f.example_id, "words": f.words, "segments": f.segments} for f in feats],
+            "runs": runs,
+            "error": error,
+            "seconds": totals["seconds"],
+            "perturbed_texts": int(totals["perturbed_texts"]),
+            "unique_texts": int(totals["unique_texts"]),
+            "perturbed_tokens": int(totals["perturbed_tokens"]),
+        }
+
+    # ------------------------------------------------------------------ reports
+    def _collected(self, out: ModelOutputs) -> Mapping[str, Any]:
+        ex = out.collected.get(self.name)
+        if not ex:
+            raise ValueError(
+                f"{out.name}: no '{self.name}' attributions in outputs.collected; the pipeline fills "
+                "them through collect() (needs_model=True)"
+            )
+        return ex
+
+    def per_model(self, outputs: ModelOutputs) -> CharacteristicResult:
+        """Wall time and text-scorer counters of the model's ``collect``."""
+        ex = outputs.collected.get(self.name)
+        if not ex:
+            return CharacteristicResult()
+        m = outputs.name
+        return CharacteristicResult(
+            metrics={
+                f"{m}/seconds": float(ex["seconds"]),
+                f"{m}/n_examples": float(len(ex["examples"])),
+                f"{m}/perturbed_texts": float(ex["perturbed_texts"]),
+                f"{m}/unique_texts": float(ex["unique_texts"]),
+            }
+        )
+
+    def _explained(self, ref: ModelOutputs, cand: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+        pr, pc = ref.predictions.cpu().numpy(), cand.predictions.cpu().numpy()
+        if self.explained_class == "gold":
+            y = ref.labels.cpu().numpy()
+            y = np.where(y >= 0, y, pr)
+            return y, y
+        if self.explained_class == "prediction":
+            return pr, pc
+        return pr, pr
+
+    def notes(self) -> list[str]:
+        ranked = "|attribution|" if self.rank_by == "abs" else "signed attribution"
+        runs = "deterministic, one run" if self.deterministic else f"seeds {self.seeds}"
+        return [
+            f"{self.method.upper()} word attributions; explained class: {self.explained_class}; "
+            f"top-K={self.top_k} ranked by {ranked}. Features are words (sub-tokens summed); a premise "
+            "word and the same hypothesis word are different features; the separator is never a feature "
+            "or masked. Jaccard = paper A's top-K unique-word Jaccard (0 when both empty); "
+            "feature/rank/sign/signed-rank agreement, Spearman and pairwise rank agreement as in Krishna "
+            f"et al. 2022. Values: mean over runs ({runs}), `_var` = sample variance over runs (ddof=1), "
+            f"`_ci_*` = {self.confidence:.0%} percentile bootstrap over examples ({self.n_bootstrap} "
+            "resamples) of the run-averaged per-example values.",
+        ]
+
+    def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
+        """Alignment metrics on the examples both models explained (see the module docstring).
+
+        Raises:
+            ValueError: an output lacks the collected attributions, or the two models explained no common
+                example with a common run.
+        """
+        ref, cand = align(reference, candidate)
+        pair = pair_name(ref.name, cand.name)
+        ex_r, ex_c = self._collected(ref), self._collected(cand)
+        result = CharacteristicResult(notes=self.notes())
+        if ex_r.get("error") or ex_c.get("error"):
+            result.notes.append(
+                f"{pair}: {self.method} failed: {ex_r.get('error') or ''} {ex_c.get('error') or ''}".strip()
+            )
+            for m in ALIGNMENT_METRICS:
+                result.metrics[f"{pair}/{m}"] = float("nan")
+            return result
+        runs = [s for s in ex_r["runs"] if s in ex_c["runs"]]
+        pos_r = {int(e["id"]): k for k, e in enumerate(ex_r["examples"])}
+        pos_c = {int(e["id"]): k for k, e in enumerate(ex_c["examples"])}
+        row = {int(i): k for k, i in enumerate(ref.example_ids.tolist())}
+        ids = [i for i in pos_r if i in pos_c and i in row]
+        if not runs or not ids:
+            raise ValueError(f"{pair}: the two models' {self.name} attributions share no example or run")
+        cls_r, cls_c = self._explained(ref, cand)
+        rows = np.array([row[i] for i in ids])
+        values = {m: np.full((len(runs), len(ids)), np.nan) for m in ALIGNMENT_METRICS}
+        for r, seed in enumerate(runs):
+            for j, eid in enumerate(ids):
+                e = ex_r["examples"][pos_r[eid]]
+                keys = word_keys(e["words"], e["segments"], self.lowercase)
+                if not keys:
+                    continue
+                a = np.asarray(ex_r["runs"][seed][pos_r[eid]])[cls_r[rows[j]]]
+                b = np.asarray(ex_c["runs"][seed][pos_c[eid]])[cls_c[rows[j]]]
+                for m, v in alignment_scores(a, b, keys, self.top_k, self.rank_by).items():
+                    values[m][r, j] = v
+        per_ex = {m: np.nanmean(v, axis=0) if np.isfinite(v).any() else v[0] for m, v in values.items()}
+        for m, v in values.items():
+            run_means = np.array([np.nanmean(x) if np.isfinite(x).any() else np.nan for x in v])
+            result.metrics[f"{pair}/{m}"] = float(np.nanmean(run_means))
+            result.metrics[f"{pair}/{m}_var"] = float(np.var(run_means, ddof=1)) if len(runs) > 1 else 0.0
+            finite = per_ex[m][np.isfinite(per_ex[m])]
+            if finite.size:
+                boot = paired_bootstrap(
+                    lambda x: np.mean(x, axis=-1),
+                    finite,
+                    n_resamples=self.n_bootstrap,
+                    confidence=self.confidence,
+                    seed=self.bootstrap_seed,
+                    vectorized=True,
+                )
+                result.metrics[f"{pair}/{m}_ci_low"], result.metrics[f"{pair}/{m}_ci_high"] = (
+                    boot.low,
+                    boot.high,
+                )
+        result.metrics[f"{pair}/n_examples"] = float(len(ids))
+        result.metrics[f"{pair}/n_runs"] = float(len(runs))
+        pr, pc = ref.probs.numpy()[rows], cand.probs.numpy()[rows]
+        labels = ref.labels.numpy()[rows]
+        result.per_example[f"{self.name}_{pair}"] = {
+            "example_id": np.array(ids),
+            "gold_label": labels,
+            "reference_class": cls_r[rows],
+            "candidate_class": cls_c[rows],
+            "reference_confidence": pr.max(axis=1),
+            "candidate_confidence": pc.max(axis=1),
+            "reference_correct": pr.argmax(axis=1) == labels,
+            "candidate_correct": pc.argmax(axis=1) == labels,
+            **{m: per_ex[m] for m in ALIGNMENT_METRICS},
+        }
+        result.figures[f"jaccard_hist_{pair}"] = histogram_figure(
+            per_ex["jaccard"],
+            f"{self.method.upper()} top-{self.top_k} Jaccard, {ref.name} vs {cand.name}",
+            f"Jaccard@{self.top_k} per example (mean over runs)",
+        )
+        self._heatmaps(
+            result, pair, ref, cand, ex_r, ex_c, ids, pos_r, pos_c, rows, cls_r, cls_c, runs, per_ex
+        )
+        return result
+
+    def _heatmaps(
+        self, result, pair, ref, cand, ex_r, ex_c, ids, pos_r, pos_c, rows, cls_r, cls_c, runs, per_ex
+    ):
+        if self.n_figure_examples <= 0 and not self.figure_examples:
+            return
+        if self.figure_examples:
+            chosen = [ids.index(i) for i in self.figure_examples if i in ids]
+        else:
+            jac = np.nan_to_num(per_ex["jaccard"], nan=2.0)
+            chosen = list(np.argsort(jac, kind="stable")[: self.n_figure_examples])
+        if not chosen:
+            return
+        seed = runs[0]
+        panels, table = [], []
+        names = ref.label_names
+        for j in chosen:
+            eid = ids[j]
+            e = ex_r["examples"][pos_r[eid]]
+            for out, ex, pos, cls in ((ref, ex_r, pos_r, cls_r), (cand, ex_c, pos_c, cls_c)):
+                attr = np.asarray(ex["runs"][seed][pos[eid]])[cls[rows[j]]]
+                title = (
+                    f"id {eid} | {out.name} | explains '{names[cls[rows[j]]]}' | "
+                    f"Jaccard {per_ex['jaccard'][j]:.2f}"
+                )
+                panels.append((title, e["words"], e["segments"], attr))
+                table.append(
+                    {
+                        "example_id": eid,
+                        "model": out.name,
+                        "explained_class": names[cls[rows[j]]],
+                        "jaccard": float(per_ex["jaccard"][j]),
+                        "html": heatmap_html(e["words"], e["segments"], attr),
+                    }
+                )
+        result.figures[f"heatmaps_{pair}"] = heatmap_figure(panels)
+        result.tables[f"heatmaps_{pair}"] = table
+
+
+def _counters(scorer: TextScorer | None) -> tuple[int, int, int]:
+    """The scorer's (texts asked for, texts run, tokens) so far; zeros for gradient methods."""
+    if scorer is None:
+        return 0, 0, 0
+    return int(scorer.n_texts), int(scorer.n_unique), int(scorer.n_tokens)
