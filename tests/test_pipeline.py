@@ -418,3 +418,21 @@ def test_offline_hub_error_names_the_fix(monkeypatch, tmp_path):
     cfg = compose("evaluate", ["task=mrpc", f"paths.output_dir={tmp_path}", "logger=none"])
     with pytest.raises(ConnectionError, match=r"set paths.data_dir to a folder of local task files"):
         pipeline.load_task_data(cfg)
+
+
+def test_changed_data_is_not_served_stale_outputs(trained, tmp_path):
+    """Every label of the test file flipped: the rerun on the same cache predicts again (the key holds the
+    split's content) and reports the accuracy on the new labels."""
+    tmp, cfg, first = trained
+    data = tmp_path / "data"
+    shutil.copytree(cfg.paths.data_dir, data)
+    dev = data / "sst2" / "dev.tsv"
+    header, *rows = dev.read_text().splitlines()
+    flipped = [f"{text}\t{1 - int(label)}" for text, label in (r.rsplit("\t", 1) for r in rows)]
+    dev.write_text("\n".join([header, *flipped]) + "\n")
+    overrides = [*_overrides_of(cfg), f"paths.data_dir={data}", f"paths.output_dir={tmp_path}/run"]
+    overrides += [f"paths.cache_dir={tmp}/cache"]  # the cache of the first run
+    again = pipeline.evaluate(compose("evaluate", overrides))
+    assert not again["cached"]["tiny_ref/test"]
+    before = first["metrics"]["errors/tiny_ref/accuracy"]
+    assert again["metrics"]["errors/tiny_ref/accuracy"] == pytest.approx(1 - before)
