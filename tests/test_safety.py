@@ -485,8 +485,8 @@ def test_run_dirs_are_unique_per_process_and_shared_by_a_sweep(tmp_path):
         assert len(jobs) == 2
         (out0, sweep0, run0), (out1, sweep1, run1) = jobs
         assert out0.parent == out1.parent == sweep0 == sweep1  # the jobs of one sweep share its dir
-        assert run0 == run1 and run0.parent == tmp_path / "logs" / "app" / "runs"
+        assert run0 == run1 and run0.parent == tmp_path / "logs" / "evaluate" / "runs"
     assert first[0][1] != second[0][1]  # two processes: two sweep dirs ...
     assert first[0][2] != second[0][2]  # ... and two run dirs, though started within seconds
-    assert first[0][1].parent == tmp_path / "logs" / "app" / "multiruns"
+    assert first[0][1].parent == tmp_path / "logs" / "evaluate" / "multiruns"
     assert run_id() == run_id()  # fixed for the process

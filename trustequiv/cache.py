@@ -191,9 +191,13 @@ def distributed_rank() -> int:
     """This process's global rank in a distributed (DDP) job, 0 when not distributed.
 
     From ``RANK`` / ``LOCAL_RANK`` / ``NODE_RANK`` (set by torchrun and by Lightning's launcher for the
-    processes it starts; any non-zero one means not rank 0), else ``torch.distributed`` once initialised.
+    processes it starts; any non-zero one means not rank 0), ``SLURM_PROCID`` when SLURM started several
+    tasks, else ``torch.distributed`` once initialised.
     """
-    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+    names = ["RANK", "LOCAL_RANK", "NODE_RANK"]
+    if os.environ.get("SLURM_NTASKS", "1").strip() not in ("", "0", "1"):
+        names.append("SLURM_PROCID")
+    for var in names:
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) != 0:
             return int(value)

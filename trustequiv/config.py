@@ -146,6 +146,30 @@ def check_config(cfg: DictConfig) -> None:
         value = node.get("n_examples") if isinstance(node, DictConfig) else None
         if value is not None and not _positive(value):
             raise _refuse(f"characteristic.{name}.n_examples", value, null=True, example=100)
+    _check_ddp_in_local_sweep(cfg)
+
+
+def _check_ddp_in_local_sweep(cfg: DictConfig) -> None:
+    """Lightning's DDP re-runs the command line for each extra process; inside a local ``-m`` sweep that
+    starts a second sweep, out of step with the first, and the job hangs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
+    launcher = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
+    if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and devices not in (1, "1") and "Basic" in launcher:
+        from trustequiv.errors import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy={strategy} with {devices} devices inside a local -m sweep would hang (each "
+            "DDP process starts the sweep again)",
+            "run the sweep's jobs one by one, or with hydra/launcher=slurm (one task per job), or "
+            "trainer=cpu inside the sweep",
+        )
 
 
 def lightning_logs_once() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from trustequiv.cache import OutputCache
+from trustequiv.cache import OutputCache, distributed_rank
 from trustequiv.comparison import compare
 from trustequiv.config import to_container
 from trustequiv.plan import Plan, load_task_data, make_plan, plain
@@ -113,6 +113,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     plan = make_plan(cfg)
     ctx = run_context(cfg, plan.task_cfg, dataset=plan.dataset)
     runners = run_models(plan, ctx)
+    if distributed_rank() > 0:  # DDP's other processes helped predict; rank 0 compares and reports
+        return {"metrics": {}, "output_dir": str(out_dir), "cached": {}, "seconds": 0.0}
     comparison = compare(plan, runners)
     seconds = round(time.time() - started, 1)
     config = to_container(cfg)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from trustequiv.cache import distributed_rank
 from trustequiv.models import ModelSpec, build_compressor, read_metadata, write_metadata
 from trustequiv.runtime import make_trainer, resolve_precision
 
@@ -446,7 +447,7 @@ def fine_tune(
     resume_dir = staging / RESUME_DIR
     identity = _identity(spec, metadata, task_cfg, trainer_cfg, recipe, dataset)
     resume = _resume_point(staging, identity, spec.name)
-    if resume is None:
+    if resume is None and distributed_rank() == 0:  # one rank (re)starts the staging dir
         shutil.rmtree(staging, ignore_errors=True)
         resume_dir.mkdir(parents=True, exist_ok=True)
         (resume_dir / RESUME_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
@@ -490,4 +491,6 @@ def fine_tune(
         if resume is not None:
             metadata["resumed_from"] = {"epochs_done": resume.epochs_done, "step": resume.step}
         write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
+    # Under DDP the other ranks go on to load out_dir: only once rank 0 has moved it into place.
+    trainer.strategy.barrier("fine_tune_checkpoint_moved")
     return out_dir
