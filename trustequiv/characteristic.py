@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
 
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
@@ -13,6 +16,40 @@ from trustequiv.outputs import CharacteristicResult, ModelOutputs
 def pair_name(reference: str, candidate: str) -> str:
     """Scope string for a pair's metrics, e.g. ``"bert_base_vs_distilbert"``."""
     return f"{reference}_vs_{candidate}"
+
+
+@dataclass(frozen=True)
+class PairStatistic:
+    """One headline reference-vs-candidate statistic in a form the verdict can resample.
+
+    The verdict (:mod:`trustequiv.verdict`) draws bootstrap indices over the examples shared by the candidate
+    pair and the noise-floor pairs, and evaluates :attr:`statistic` on each pair's rows at the same indices,
+    so the interval of (candidate - floor) keeps the pairing of examples.
+
+    Attributes:
+        name: the metric name as in results.json (``"error_jaccard"``, ``"abs_ece_uniform_diff"`` ...).
+        alike: which direction means "more alike": ``"higher"`` (Jaccard, agreement) or ``"lower"``
+            (|ΔECE|, flip rate).
+        example_ids: ``(n,)`` int64 ids of the rows of :attr:`arrays`, in row order.
+        arrays: per-example arrays, each with leading axis ``n`` (e.g. both models' correctness).
+        statistic: vectorized: receives :attr:`arrays` each indexed with a ``(R, n)`` index array, shapes
+            ``(R, n, ...)``, and returns ``(R,)`` float64. With ``R == 1`` and the identity index it gives
+            the estimate reported in results.json.
+        signed: optional signed version for two one-sided tests without a floor (``ΔECE`` for ``|ΔECE|``),
+            same calling convention; None when the statistic has no sign.
+    """
+
+    name: str
+    alike: Literal["higher", "lower"]
+    example_ids: np.ndarray
+    arrays: tuple[np.ndarray, ...]
+    statistic: Callable[..., np.ndarray]
+    signed: Callable[..., np.ndarray] | None = None
+
+    def estimate(self) -> float:
+        """The statistic on all rows (the identity resample)."""
+        idx = np.arange(self.example_ids.shape[0])[None]
+        return float(np.asarray(self.statistic(*(a[idx] for a in self.arrays))).reshape(-1)[0])
 
 
 class Characteristic(ABC):
@@ -108,6 +145,12 @@ class Characteristic(ABC):
     def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
         """Figures/tables over all models at once (e.g. a pairwise matrix). Default: none."""
         return CharacteristicResult()
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """The headline pair statistics the verdict judges (see :class:`PairStatistic`), computed on the two
+        models' shared examples; their estimates equal the ``compare`` metrics of the same name. Default:
+        none (the characteristic then takes no part in the verdict, with a note)."""
+        return []
 
     def evaluate(self, reference: ModelOutputs, candidates: Sequence[ModelOutputs]) -> CharacteristicResult:
         """Run per_model on every model, compare on every reference-candidate pair, then summarize."""
