@@ -28,6 +28,8 @@ def ensure_checkpoint(spec: ModelSpec, ctx: Any, *, allow_train: bool) -> str:
     if not allow_train:
         comp = f" compressor={spec.compressor['name']}" if spec.compressor else ""
         base = spec.base.name if spec.base else spec.name
+        if spec.seed is not None:  # a noise-floor replica: the reference again, another seed
+            base, comp = spec.name.rpartition("+seed")[0], f" seed={spec.seed} model.name={spec.name}"
         raise FileNotFoundError(
             f"no fine-tuned checkpoint for {spec.name} on {task} at {out_dir}. Make it with "
             f"`python train.py model={base}{comp} task={task}`, point model.checkpoint at one, "
@@ -44,7 +46,10 @@ def ensure_checkpoint(spec: ModelSpec, ctx: Any, *, allow_train: bool) -> str:
 
 def build_checkpoint(spec: ModelSpec, ctx: Any) -> Path:
     """Fine-tune (and compress) ``spec`` into its default dir with the task kind's recipe; a compressed
-    model's base is made first if missing."""
+    model's base is made first if missing (and, re-fine-tuned, trust against it is logged while it trains:
+    ``callbacks.trust``)."""
+    from trustequiv.callbacks import trust_callbacks
+    from trustequiv.tracking import model_logger
     from trustequiv.training import fine_tune
 
     base_checkpoint = None
@@ -56,8 +61,10 @@ def build_checkpoint(spec: ModelSpec, ctx: Any) -> Path:
         task_cfg=ctx.task_cfg,
         trainer_cfg=ctx.trainer_cfg,
         out_dir=spec.default_dir(ctx.models_dir, ctx.task_cfg["name"]),
-        seed=int(ctx.seed),
+        seed=int(ctx.seed if spec.seed is None else spec.seed),
         base_checkpoint=base_checkpoint,
-        logger=ctx.logger if ctx.logger is not None else False,
+        logger=model_logger(ctx.logger, spec.name),  # train/<model>/...: one run, several fine-tunings
         recipe=ctx.kind.recipe(),
+        callbacks=trust_callbacks(spec, base_checkpoint, ctx),
+        ctx=ctx,
     )

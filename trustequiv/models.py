@@ -59,6 +59,7 @@ class ModelSpec:
         label_names: declared class order for checkpoints without names in ``config.id2label``.
         compressor: the config node of the compressor (``_target_`` ...), or None.
         base: the spec of the uncompressed model a compressed one is made from.
+        seed: the fine-tuning seed when it is not the run's (a noise-floor replica, ``<model>+seed<k>``).
     """
 
     name: str
@@ -69,6 +70,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     compressor: dict[str, Any] | None = None
     base: ModelSpec | None = field(default=None, repr=False)
+    seed: int | None = None
 
     @classmethod
     def from_config(

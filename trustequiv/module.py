@@ -51,6 +51,8 @@ class SequenceClassifier(L.LightningModule):
         perm = list(label_permutation) if label_permutation is not None else list(range(num_labels))
         self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes=num_labels, average="micro")
+        #: validation_step returns the batch's outputs (hidden states are then computed too)
+        self.validation_outputs = False
         self.save_hyperparameters(ignore=["model"])
 
     @staticmethod
@@ -65,19 +67,25 @@ class SequenceClassifier(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return out.loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        out = self.model(**self._inputs(batch), labels=batch["labels"])
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
+        """Logs ``val/loss`` and ``val/acc``; with :attr:`validation_outputs` set, returns the batch's outputs
+        as :meth:`predict_step` does (:class:`trustequiv.callbacks.TrustCallback` collects them)."""
+        keep = self.validation_outputs
+        out = self.model(**self._inputs(batch), labels=batch["labels"], output_hidden_states=keep)
         n = batch["labels"].shape[0]
         self.val_acc(out.logits, batch["labels"])
         self.log("val/loss", out.loss, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=n)
+        return self._outputs(batch, out) if keep else None
 
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
-        out = self.model(**self._inputs(batch), output_hidden_states=True)
-        logits = out.logits.float()[:, self.perm]
-        emb = pool(out.hidden_states[self.layer], batch["attention_mask"], self.pooling).float()
+        return self._outputs(batch, self.model(**self._inputs(batch), output_hidden_states=True))
+
+    def _outputs(self, batch: dict[str, Tensor], out) -> dict[str, Tensor]:
+        logits = out.logits.detach().float()[:, self.perm]
+        emb = pool(out.hidden_states[self.layer].detach(), batch["attention_mask"], self.pooling).float()
         return {
             "example_id": batch["example_id"].cpu(),
             "logits": logits.cpu(),
@@ -88,9 +96,10 @@ class SequenceClassifier(L.LightningModule):
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
 
-        # No weight decay on biases and LayerNorm weights (BERT's recipe).
+        # No weight decay on biases and LayerNorm weights (BERT's recipe). All of the module's parameters: a
+        # subclass may add its own (distillation's projection).
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in self.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 else decay).append(p)
         groups = [

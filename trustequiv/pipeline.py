@@ -14,12 +14,17 @@ from omegaconf import DictConfig
 from trustequiv.cache import OutputCache, distributed_rank
 from trustequiv.comparison import compare
 from trustequiv.config import to_container
+from trustequiv.loggers import make_csv_logger
+from trustequiv.noise_floor import make_noise_floor
 from trustequiv.plan import Plan, load_task_data, make_plan, plain
 from trustequiv.reporting import print_headline, report_run
+from trustequiv.run_outputs import save_run_outputs
 from trustequiv.runner import ModelRunner, replay_pass, skip_unrunnable
 from trustequiv.sources import RunContext, build_source
 from trustequiv.task_kind import task_kind
-from trustequiv.tracking import log_evaluation, make_wandb_logger
+from trustequiv.tracking import finish_run, log_evaluation, run_config, start_run
+from trustequiv.trust_curves import write_trust_curves
+from trustequiv.verdict import judge_run
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,33 @@ def run_context(cfg: DictConfig, task_cfg: dict[str, Any], dataset=None, logger=
         seed=int(cfg.seed),
         dataset=data,
         logger=logger,
+        callbacks_cfg=plain(cfg.get("callbacks")) or {},
     )
+
+
+def with_teacher(spec: Any, reference: Any) -> Any:
+    """``spec`` distilled from ``reference`` (train.py's ``model@reference``; None: from the model itself): a
+    distilling compressor's base, its teacher, becomes that model.
+
+    Raises:
+        ValueError: a reference other than the model for a compressor that does not distil.
+    """
+    import dataclasses
+
+    from trustequiv.models import ModelSpec, build_compressor
+    from trustequiv.plan import model_node
+
+    if reference is None or spec.base is None:
+        return spec
+    teacher = ModelSpec.from_config(model_node(reference), key="reference")
+    if build_compressor(spec.compressor).distills:
+        return dataclasses.replace(spec, base=teacher)
+    if teacher.name != spec.base.name:
+        raise ValueError(
+            f"model@reference={teacher.name} names a teacher, which compressor={spec.compressor['name']} "
+            "does not use (it compresses the model itself) - drop model@reference, or use compressor=distill"
+        )
+    return spec
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -68,20 +99,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     if spec.checkpoint:
         raise ValueError("train.py writes to paths.models_dir; model.checkpoint is for evaluate.py")
+    spec = with_teacher(spec, cfg.get("reference"))
     out_dir = spec.default_dir(cfg.paths.models_dir, cfg.task.name)
     if (out_dir / "config.json").exists() and not cfg.get("overwrite", False):
         raise FileExistsError(f"{out_dir} already holds a checkpoint: pass overwrite=true to train it again")
-    logger = make_wandb_logger(
+    logger = start_run(
         cfg.get("logger"),
         save_dir=cfg.paths.output_dir,
         name=f"train-{cfg.task.name}-{spec.name}",
         job_type="train",
-        config=to_container(cfg),
+        config={"model": spec.name, "task": cfg.task.name, "config": to_container(cfg)},
     )
-    ctx = run_context(cfg, plain(cfg.task), logger=logger)
+    csv_logger = None if logger else make_csv_logger(cfg.get("logger"), save_dir=cfg.paths.output_dir)
+    ctx = run_context(cfg, plain(cfg.task), logger=logger or csv_logger)
     path = build_checkpoint(spec, ctx)
-    if logger is not None:
-        logger.experiment.finish()
+    finish_run(logger)
+    if csv_logger is not None:  # the trust metrics per epoch, as a figure beside the CSV
+        write_trust_curves(Path(csv_logger.log_dir) / "metrics.csv", Path(cfg.paths.output_dir))
     meta = read_metadata(path)
     print(f"checkpoint: {path}  {ctx.kind.training_summary(meta)}")
     return {"checkpoint": str(path), **meta}
@@ -104,18 +138,33 @@ def run_models(plan: Plan, ctx: RunContext) -> list[ModelRunner]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Compare the reference with each candidate on the task's evaluation split(s).
 
-    Writes results.json, predictions/, figures/, per_example/ and report.md into ``paths.output_dir`` and
-    logs to W&B; returns ``{"metrics", "output_dir", "cached": {"<model>/<split>": bool}, "seconds"}``.
+    Writes results.json (with the verdict), predictions/, figures/, per_example/, outputs/, report.md and
+    report.html into ``paths.output_dir`` and logs to W&B; returns ``{"metrics", "output_dir", "cached":
+    {"<model>/<split>": bool}, "seconds"}``.
     """
     started = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(cfg)
-    ctx = run_context(cfg, plan.task_cfg, dataset=plan.dataset)
+    wb = start_run(  # now, so the fine-tunings done for this run log into it
+        cfg.get("logger"),
+        save_dir=out_dir,
+        name=f"{plan.task_cfg['name']}-{'-'.join(c.name for c in plan.candidates)}",
+        job_type="evaluate",
+        config=run_config(
+            to_container(cfg),
+            reference=plan.reference.name,
+            candidates=[c.name for c in plan.candidates],
+            characteristics=[c.name for c in plan.characteristics],
+        ),
+    )
+    ctx = run_context(cfg, plan.task_cfg, dataset=plan.dataset, logger=wb)
+    plan.floor = make_noise_floor(plan.reference, (cfg.get("noise_floor") or {}).get("seeds", "auto"), ctx)
     runners = run_models(plan, ctx)
     if distributed_rank() > 0:  # DDP's other processes helped predict; rank 0 compares and reports
         return {"metrics": {}, "output_dir": str(out_dir), "cached": {}, "seconds": 0.0}
     comparison = compare(plan, runners)
+    verdict = judge_run(plan, runners, comparison, plain(cfg.get("verdict")))
     seconds = round(time.time() - started, 1)
     config = to_container(cfg)
     headline, figures = report_run(
@@ -123,21 +172,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         plan=plan,
         runners=runners,
         comparison=comparison,
+        verdict=verdict,
         config=config,
         seconds=seconds,
         min_effect=float(cfg.get("min_effect", 0.005)),
     )
-    wb = make_wandb_logger(
-        cfg.get("logger"),
-        save_dir=out_dir,
-        name=f"{plan.task_cfg['name']}-{'-'.join(c.name for c in plan.candidates)}",
-        job_type="evaluate",
-        config=config,
-    )
+    # every model's final outputs in the run dir: what a sweep compares across its jobs (trustequiv.sweep)
+    save_run_outputs(out_dir, {r.name: r.outputs[plan.main_split] for r in runners})
     tables = {
         f"{label}/{k}": rows for label, res in comparison.results.items() for k, rows in res.tables.items()
     }
-    log_evaluation(wb, comparison.metrics, {k.replace("/", "_"): v for k, v in figures.items()}, tables)
+    log_evaluation(  # role-keyed summary, figures, tables, the results as an Artifact; then finish
+        wb,
+        out_dir,
+        reference=plan.reference.name,
+        candidates=[c.name for c in plan.candidates],
+        floor=[m.name for m in plan.floor.models],
+        figures={k.replace("/", "_"): v for k, v in figures.items()},
+        tables=tables,
+    )
     print_headline(headline)
     cached = {k: v for r in runners for k, v in r.cached.items()}
     return {"metrics": comparison.metrics, "output_dir": str(out_dir), "cached": cached, "seconds": seconds}

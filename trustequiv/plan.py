@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trustequiv.characteristic import Characteristic
 from trustequiv.config import CONF_DIR, available
+from trustequiv.noise_floor import NoiseFloor
 from trustequiv.sampling import sample_positions
 from trustequiv.sources import ModelSource, build_source
 from trustequiv.task_kind import TaskKind, task_kind
@@ -35,6 +36,8 @@ class Plan:
         characteristics: the selected characteristics.
         dataset: the task's ``DatasetDict``; splits: evaluated split name -> its (limited) rows, main first.
         ood: ``"<task>/<split>"`` -> (task config, limited rows) of the out-of-distribution sets to score.
+        floor: the noise floor's replicas of the reference (:mod:`trustequiv.noise_floor`), compared with the
+            reference like candidates but judged apart.
     """
 
     task_cfg: dict[str, Any]
@@ -45,10 +48,12 @@ class Plan:
     dataset: Any
     splits: dict[str, Any]
     ood: dict[str, tuple[dict[str, Any], Any]] = field(default_factory=dict)
+    floor: NoiseFloor = field(default_factory=NoiseFloor)
 
     @property
     def models(self) -> list[ModelSource]:
-        return [self.reference, *self.candidates]
+        """The reference, the candidates, then the noise floor's replicas."""
+        return [self.reference, *self.candidates, *self.floor.models]
 
     @property
     def main_split(self) -> str:

@@ -1,4 +1,5 @@
-"""What an evaluate run leaves in its run dir: results.json, predictions, figures, report.md, a table."""
+"""What an evaluate run leaves in its run dir: results.json, predictions, figures, report.md, report.html,
+a table."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def _plain(v: Any) -> Any:
 _COUNTS = ("n_", "correct_to_wrong", "wrong_to_correct")
 
 
-def _fmt(v: Any, column: str = "") -> str:
+def format_cell(v: Any, column: str = "") -> str:
+    """A table cell: counts as integers, other floats to 4 decimals, NaN as ``nan``."""
     if isinstance(v, float) and column.startswith(_COUNTS) and v.is_integer():
         return str(int(v))
     if isinstance(v, float):
@@ -86,7 +88,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return ""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_cell(r.get(c, ""), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -197,7 +199,7 @@ def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
         for c in cols:
             table.add_column(c or "model", justify="left" if not c else "right")
         for r in rows:
-            table.add_row(*[_fmt(r.get(c, ""), c) for c in cols])
+            table.add_row(*[format_cell(r.get(c, ""), c) for c in cols])
         console.print(table)
 
 
@@ -210,14 +212,16 @@ def report_run(
     config: Mapping[str, Any],
     seconds: float,
     min_effect: float,
+    verdict: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Path]]:
-    """The report step: figures, per-example exports, predictions, results.json and report.md in
-    ``out_dir``; returns the headline tables (printed on the terminal by the caller) and the figure paths.
+    """The report step: figures, per-example exports, predictions, results.json, report.md and report.html
+    in ``out_dir``; returns the headline tables (printed on the terminal by the caller) and the figure paths.
 
     Args:
         plan: the run's :class:`trustequiv.plan.Plan`; runners: its model runners (reference first);
         comparison: the :class:`trustequiv.comparison.Comparison`; config: the resolved config (secrets
-        removed); seconds: wall time; min_effect: the findings' smallest reported difference.
+        removed); seconds: wall time; min_effect: the findings' smallest reported difference; verdict:
+        :func:`trustequiv.verdict.judge`'s result (results.json ``"verdict"``, the report's first table).
     """
     from trustequiv.characteristic import pair_name
     from trustequiv.comparison import headline_columns
@@ -236,9 +240,12 @@ def report_run(
         for runner in runners:
             write_predictions(runner.outputs[split], pred_dir / f"{runner.name}.csv", plan.kind.csv_columns)
 
-    reference, candidates = runners[0], runners[1:]
+    reference = runners[0]
+    replicas = [r for r in runners if r.name in {m.name for m in plan.floor.models}]
+    candidates = [r for r in runners[1:] if r not in replicas]
     model_names = [r.name for r in runners]
     pair_names = [pair_name(reference.name, c.name) for c in candidates]
+    floor_pairs = [pair_name(reference.name, r.name) for r in replicas]
     model_cols, pair_cols = headline_columns(plan.characteristics)
     main = comparison.splits[0]
     headline = {
@@ -247,6 +254,14 @@ def report_run(
         ),
         f"{reference.name} vs candidates": headline_rows(comparison.metrics, pair_names, pair_cols),
     }
+    if floor_pairs:
+        headline[f"noise floor: {reference.name} vs itself, other seeds"] = headline_rows(
+            comparison.metrics, floor_pairs, pair_cols
+        )
+    if verdict:
+        from trustequiv.verdict import verdict_table
+
+        headline = {"verdict": verdict_table(verdict), **headline}
     notes = {label: res.notes for label, res in comparison.results.items() if res.notes}
     notes.update({f"{name}/skipped": [reason] for name, reason in comparison.skipped.items()})
     notes.update({f"{r.name}/warnings": r.warnings for r in runners if r.warnings})
@@ -259,6 +274,8 @@ def report_run(
         reference=reference.name,
         candidates=[c.name for c in candidates],
         models={r.name: r.identity for r in runners},
+        noise_floor=plan.floor.as_dict(),
+        verdict=dict(verdict or {}),
         cached=cached,
         seconds=seconds,
         notes=notes,
@@ -266,15 +283,22 @@ def report_run(
     )
     n = {s: len(runners[0].outputs[s]) for s in comparison.splits}
     where = {r.name: r.identity.get("checkpoint") or r.identity.get("path") for r in runners}
+    title = (
+        f"trustequiv: {reference.name} vs {', '.join(c.name for c in candidates)} on {plan.task_cfg['name']}"
+    )
     write_report(
         out_dir / "report.md",
-        title=f"trustequiv: {reference.name} vs {', '.join(c.name for c in candidates)} on "
-        f"{plan.task_cfg['name']}",
+        title=title,
         summary=[
             f"Splits: {', '.join(f'{s} ({n[s]} examples)' for s in comparison.splits)}. "
             f"Wall time {seconds} s.",
             f"Reference: `{where[reference.name]}`.",
             *[f"Candidate {c.name}: `{where[c.name]}`." for c in candidates],
+            *[
+                f"Noise floor {r.name} (the reference, another training seed): `{where[r.name]}`."
+                for r in replicas
+            ],
+            *[f"Note: {note}." for note in plan.floor.notes],
             *[f"Skipped {name}: {reason}." for name, reason in comparison.skipped.items()],
             *[f"**Warning**: {w}" for r in runners for w in r.warnings],
         ],
@@ -283,4 +307,30 @@ def report_run(
         figure_paths=figure_paths,
         findings={p: pair_findings(comparison.metrics, p, min_effect) for p in pair_names},
     )
+    _write_html(out_dir, plan, runners, figure_paths, title)
     return headline, figure_paths
+
+
+def _write_html(
+    out_dir: Path, plan: Any, runners: Sequence[Any], figure_paths: Mapping[str, Path], title: str
+) -> None:
+    """report.html from results.json as written (verdict and noise floor included when present), with the
+    flipped examples of each candidate on the main split (noise-floor replicas left out)."""
+    from trustequiv.html_report import flipped_examples, write_html_report
+
+    results = json.loads((out_dir / "results.json").read_text())
+    replicas = set((results.get("noise_floor") or {}).get("models") or [])
+    main, reference = plan.main_split, runners[0].outputs[plan.main_split]
+    flips = {
+        r.name: flipped_examples(
+            reference,
+            r.outputs[main],
+            plan.splits[main],
+            reference.label_names,
+            columns=plan.kind.csv_columns,
+        )
+        for r in runners[1:]
+        if r.name not in replicas
+    }
+    headline = {c.name: (c.headline_model, c.headline_pair) for c in plan.characteristics}
+    write_html_report(out_dir / "report.html", results, figure_paths, flips, title, headline=headline)

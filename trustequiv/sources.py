@@ -47,6 +47,8 @@ class RunContext:
         seed: the fine-tuning seed.
         dataset: ``() -> DatasetDict`` of the task (loaded once, lazily).
         logger: a Lightning logger for fine-tunings done for the run, or None.
+        callbacks_cfg: the ``callbacks`` config block (plain dict): callbacks added to those fine-tunings
+            (:func:`trustequiv.callbacks.trust_callbacks`).
     """
 
     task_cfg: dict[str, Any]
@@ -60,6 +62,7 @@ class RunContext:
     seed: int = 42
     dataset: Callable[[], Any] = field(default=lambda: None, repr=False)
     logger: Any = None
+    callbacks_cfg: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +141,12 @@ class ModelSource(ABC):
     def fine_tune_spec(self) -> Any:
         """The :class:`trustequiv.models.ModelSpec` train.py fine-tunes, or None (not trainable)."""
         return None
+
+    def replica(self, seed: int, ctx: RunContext) -> tuple[ModelSource | None, str]:
+        """This model fine-tuned again by the same recipe on the same data with training seed ``seed`` (a
+        noise-floor replica, named ``<name>+seed<seed>``), and ``""``; or ``(None, why not)`` when there is
+        no recipe here to repeat (a checkpoint made elsewhere, a file of predictions)."""
+        return None, f"a {self.kind} source has no fine-tuning recipe to repeat with another seed"
 
 
 def _plain(node: Any) -> Any:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from trustequiv.cache import distributed_rank
+from trustequiv.compressor import CalibrationData
 from trustequiv.models import ModelSpec, build_compressor, read_metadata, write_metadata
 from trustequiv.runtime import make_trainer, resolve_precision
 
@@ -46,7 +48,8 @@ class BestHFCheckpoint(Callback):
     """After each validation, saves the model in Hugging Face format (safetensors + tokenizer) when
     ``monitor`` improved. Only the global-zero process writes; the directory is replaced atomically, carrying
     over its entries named in ``keep``. The best score is part of Lightning's checkpoint, so a resumed
-    fine-tuning keeps the best over the whole run.
+    fine-tuning keeps the best over the whole run. ``before_save``: the model as it is written, leaving the
+    training one as it is (:meth:`trustequiv.compressor.Compressor.before_save`); None: the model itself.
     """
 
     def __init__(
@@ -56,9 +59,10 @@ class BestHFCheckpoint(Callback):
         monitor: str = "val/acc",
         mode: str = "max",
         keep: tuple[str, ...] = (),
+        before_save: Callable[[Any], Any] | None = None,
     ):
         self.directory, self.tokenizer, self.monitor, self.mode = Path(directory), tokenizer, monitor, mode
-        self.keep = keep
+        self.keep, self.before_save = keep, before_save
         self.best: float | None = None
         self.best_epoch: int | None = None
 
@@ -98,7 +102,7 @@ class BestHFCheckpoint(Callback):
         self.best, self.best_epoch = value, trainer.current_epoch
         if trainer.is_global_zero:
             save_hf(
-                pl_module.model,
+                pl_module.model if self.before_save is None else self.before_save(pl_module.model),
                 self.tokenizer,
                 self.directory,
                 keep=self.keep,
@@ -369,6 +373,31 @@ class Recipe:
     metadata: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=lambda task_cfg: {})
 
 
+def _calibration_data(
+    recipe: Recipe, model: Any, fit_inputs: Mapping[str, Any], task_cfg: Mapping[str, Any], n_batches: int
+) -> CalibrationData:
+    """The first ``n_batches`` training batches and the task's training loss of ``model``, for a compressor
+    that scores the model on data. The random generators (the global one and a train loader's own) are
+    put back, so fine-tuning then draws as it would have without."""
+    loader = fit_inputs.get("train_dataloaders")
+    if loader is None:
+        loader = fit_inputs["datamodule"].train_dataloader()  # a new loader: the datamodule's stays unused
+    generator = getattr(loader, "generator", None)
+    state = generator.get_state() if isinstance(generator, torch.Generator) else None
+    with torch.random.fork_rng(devices=[]):
+        batches = list(itertools.islice(loader, n_batches))
+    if state is not None:
+        generator.set_state(state)
+    module = recipe.make_module(model, task_cfg)
+
+    def loss(batch: Mapping[str, Any]) -> torch.Tensor:
+        with warnings.catch_warnings():  # training_step logs; without a trainer Lightning warns and skips it
+            warnings.filterwarnings("ignore", message=".*self.log.*")
+            return module.training_step(batch, 0)
+
+    return CalibrationData(batches=batches, loss=loss)
+
+
 def fine_tune(
     spec: ModelSpec,
     dataset,
@@ -380,6 +409,8 @@ def fine_tune(
     base_checkpoint: str | None = None,
     logger: Any = False,
     recipe: Recipe,
+    callbacks: Sequence[Callback] = (),
+    ctx: Any = None,
 ) -> Path:
     """Make ``spec``'s fine-tuned checkpoint at ``out_dir`` and return it.
 
@@ -393,6 +424,13 @@ def fine_tune(
     the latest epoch) and moved to ``out_dir`` when complete. Run again after a kill, it resumes from
     ``last.ckpt`` when ``lightning/resume.json`` shows the same model, base, task, seed, recipe, trainer
     settings and data sizes (the log says from which epoch and step); otherwise it starts over.
+
+    ``callbacks`` are added to the trainer's (e.g. :class:`trustequiv.callbacks.TrustCallback`: trust
+    against the base, logged at each validation epoch).
+
+    ``ctx``: the run's :class:`~trustequiv.sources.RunContext` (output cache, prediction settings), for a
+    compressor that trains its own way (:meth:`~trustequiv.compressor.Compressor.training_module`; distill
+    reads its teacher's outputs from the cache).
 
     Raises:
         ValueError: the dataset has no ``train``/``validation`` split, or a compressed spec lacks its base.
@@ -418,16 +456,26 @@ def fine_tune(
     }
 
     compressor = build_compressor(spec.compressor) if spec.compressor else None
+    fit_inputs: dict[str, Any] | None = None
     if compressor is not None:
         if base_checkpoint is None:
             raise ValueError(f"{spec.name}: a compressed model needs the fine-tuned base checkpoint")
         base = recipe.load_base(base_checkpoint, task_cfg)
-        model, tokenizer = compressor.compress(base.model), base.tokenizer
+        model, tokenizer = base.model, base.tokenizer
+        if compressor.calibration_batches > 0:  # scored on training batches first (e.g. head importance)
+            fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
+            data = _calibration_data(recipe, model, fit_inputs, task_cfg, compressor.calibration_batches)
+            model = compressor.compress(model, data=data)
+        else:
+            model = compressor.compress(model)
+        tokenizer = compressor.candidate_tokenizer(tokenizer)
+        if tokenizer is not base.tokenizer:
+            fit_inputs = None  # calibration batches were encoded with the base's tokenizer
         metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
         metadata["compression"] = compressor.recipe()
         if not compressor.finetune:
             # Nothing to train: keep the fp32 weights and the recipe the loader applies.
-            save_hf(model, tokenizer, out_dir)
+            save_hf(compressor.before_save(model), tokenizer, out_dir)
             metadata["compressor"] = dict(spec.compressor)
             metadata["seconds"] = round(time.time() - started, 1)
             write_metadata(out_dir, metadata)
@@ -435,8 +483,15 @@ def fine_tune(
     else:
         model, tokenizer = recipe.new_model(spec, task_cfg)
 
-    fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
-    module = recipe.make_module(model, task_cfg)
+    if fit_inputs is None:
+        fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
+    module = None
+    if compressor is not None:  # e.g. distillation's module, with the teacher's outputs
+        module = compressor.training_module(
+            model, base=base, base_spec=spec.base, task_cfg=task_cfg, dataset=dataset, ctx=ctx
+        )
+    if module is None:
+        module = recipe.make_module(model, task_cfg)
     # from_pretrained returns eval mode and Lightning keeps submodule modes: without this, no dropout.
     model.train()
     # Best checkpoints go to a staging dir moved into place only when fit completes: a killed run never
@@ -451,11 +506,15 @@ def fine_tune(
         shutil.rmtree(staging, ignore_errors=True)
         resume_dir.mkdir(parents=True, exist_ok=True)
         (resume_dir / RESUME_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
-    best = BestHFCheckpoint(staging, tokenizer, monitor=recipe.monitor, mode=recipe.mode, keep=(RESUME_DIR,))
+    before_save = compressor.before_save if compressor is not None else None
+    best = BestHFCheckpoint(
+        staging, tokenizer, recipe.monitor, recipe.mode, keep=(RESUME_DIR,), before_save=before_save
+    )
     callbacks = [
         best,
         ResumeState(fit_inputs.get("train_dataloaders")),
         *_last_checkpoints(resume_dir, task_cfg),
+        *callbacks,
     ]
     trainer = make_trainer(trainer_cfg, callbacks=callbacks, enable_checkpointing=True, logger=logger)
     if resume is None:
@@ -476,7 +535,8 @@ def fine_tune(
         trainer.fit(module, **fit_inputs, ckpt_path=resume.path if resume else None, weights_only=True)
     if trainer.is_global_zero:
         if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
-            save_hf(module.model, tokenizer, staging, keep=(RESUME_DIR,))
+            last = module.model if before_save is None else before_save(module.model)
+            save_hf(last, tokenizer, staging, keep=(RESUME_DIR,))
         # Done with the resume state. A kill from here on leaves a staged dir without it: started over.
         shutil.rmtree(resume_dir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -10,16 +10,19 @@ characteristic (``needs_scores``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.functional.bootstrap import paired_bootstrap_many
 from trustequiv.functional.calibration import (
     STRATEGIES,
     CalibrationBins,
+    assign_bins,
+    bin_edges,
     binary_brier_score,
     brier_score,
     calibration_bins,
@@ -47,6 +50,34 @@ def require_scores(*outputs: ModelOutputs) -> None:
 
 def _nan_to_none(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
+
+
+def _ece_rows(bins: np.ndarray, gaps: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE along the last axis of ``(R, N)`` bin indices and gaps ``correct - confidence``:
+    Σ_b (n_b / N)|acc_b - conf_b| = Σ_b |Σ_{i in b} gap_i| / N (one bincount over all resamples)."""
+    r, n = bins.shape
+    flat = (bins + n_bins * np.arange(r)[:, None]).ravel()
+    sums = np.bincount(flat, weights=gaps.ravel(), minlength=r * n_bins).reshape(r, n_bins)
+    return np.abs(sums).sum(axis=1) / n
+
+
+def _ece_diff_rows(
+    bins_ref: np.ndarray, gaps_ref: np.ndarray, bins_cand: np.ndarray, gaps_cand: np.ndarray, n_bins: int
+) -> np.ndarray:
+    """ECE_cand - ECE_ref per resample (``(R, N)`` inputs, ``(R,)`` out)."""
+    return _ece_rows(bins_cand, gaps_cand, n_bins) - _ece_rows(bins_ref, gaps_ref, n_bins)
+
+
+def _abs_ece_diff_rows(*arrays: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.abs(_ece_diff_rows(*arrays, n_bins=n_bins))
+
+
+def _mean_diff_rows(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    return np.mean(cand, axis=-1) - np.mean(ref, axis=-1)
+
+
+def _abs_mean_diff_rows(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    return np.abs(_mean_diff_rows(ref, cand))
 
 
 class CalibrationCharacteristic(Characteristic):
@@ -202,6 +233,43 @@ class CalibrationCharacteristic(Characteristic):
             result.metrics[f"{pair}/{k}_diff_ci_low"] = b.low
             result.metrics[f"{pair}/{k}_diff_ci_high"] = b.high
         return result
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """For the verdict, on the shared labelled examples (both alike = lower):
+
+        - ``abs_ece_uniform_diff`` = |ECE_cand - ECE_ref| with equal-width bins (``n_bins`` as configured),
+          signed version ``ECE_cand - ECE_ref`` (= :meth:`compare`'s ``ece_uniform_diff``). Equal-width edges
+          do not depend on the sample, so each example's bin is fixed and a resample only re-weighs the bins.
+        - ``abs_brier_diff`` = |Brier_cand - Brier_ref| (multiclass Brier), signed version = ``brier_diff``.
+
+        Raises:
+            ValueError: outputs without scores (:func:`require_scores`), from
+                :func:`trustequiv.outputs.align`, or no shared labelled example.
+        """
+        require_scores(reference, candidate)
+        ref, cand = align(reference, candidate)
+        p_ref, y, ids = labelled(ref)
+        p_cand, _, _ = labelled(cand)
+        ids = ids.astype(np.int64)
+        edges = bin_edges(np.zeros(1), self.n_bins, "uniform")
+        ece_arrays = []
+        for p in (p_ref, p_cand):
+            conf, correct = top_label(p, y)
+            ece_arrays += [assign_bins(conf, edges), correct - conf]
+        briers = (brier_score(p_ref, y, reduction="none"), brier_score(p_cand, y, reduction="none"))
+        return [
+            PairStatistic(
+                "abs_ece_uniform_diff",
+                "lower",
+                ids,
+                tuple(ece_arrays),
+                partial(_abs_ece_diff_rows, n_bins=self.n_bins),
+                signed=partial(_ece_diff_rows, n_bins=self.n_bins),
+            ),
+            PairStatistic(
+                "abs_brier_diff", "lower", ids, briers, _abs_mean_diff_rows, signed=_mean_diff_rows
+            ),
+        ]
 
     def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
         """One overlaid reliability diagram per strategy, figure ``reliability_<strategy>``.

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.functional.ood import (
     SCORES,
     decision_agreement,
@@ -40,6 +41,18 @@ def set_label(ood_name: str) -> str:
 
 def _ood_sets(out: ModelOutputs) -> Mapping[str, ModelOutputs]:
     return out.ood
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """Two models' scores and OOD flags on the pooled ID + OOD inputs of one OOD set (ID rows first)."""
+
+    ids: np.ndarray  # (n,) example ids as in each split (an ID and an OOD id may be equal)
+    is_ood: np.ndarray  # (n,) bool
+    scores_ref: np.ndarray
+    scores_cand: np.ndarray
+    flags_ref: np.ndarray  # (n,) bool, True = flagged OOD
+    flags_cand: np.ndarray
 
 
 class DistributionCharacteristic(Characteristic):
@@ -124,10 +137,8 @@ class DistributionCharacteristic(Characteristic):
         result = CharacteristicResult(notes=self._notes())
         for name in [n for n in ref_sets if n in cand_sets]:
             ref_out, cand_out = align(ref_sets[name], cand_sets[name])
-            s_ref_out, s_cand_out = self._scores(ref_out), self._scores(cand_out)
-            sa, sb = np.r_[s_ref_in, s_ref_out], np.r_[s_cand_in, s_cand_out]
-            fa, fb = sa < t_ref, sb < t_cand
-            is_ood = np.r_[np.zeros(len(s_ref_in), bool), np.ones(len(s_ref_out), bool)]
+            p = self._pooled(ref_in, cand_in, ref_out, cand_out)
+            sa, sb, fa, fb, is_ood = p.scores_ref, p.scores_cand, p.flags_ref, p.flags_cand, p.is_ood
             both = decision_agreement(fa, fb, sa, sb)
             only = decision_agreement(fa[is_ood], fb[is_ood], sa[is_ood], sb[is_ood])
             prefix = f"{pair}/{set_label(name)}"
@@ -141,15 +152,14 @@ class DistributionCharacteristic(Characteristic):
                         f"{prefix}/{tag}score_spearman": d.score_spearman,
                     }
                 )
-            m_ref = detection_metrics(s_ref_in, s_ref_out, self.tpr)
-            m_cand = detection_metrics(s_cand_in, s_cand_out, self.tpr)
+            m_ref = detection_metrics(s_ref_in, sa[is_ood], self.tpr)
+            m_cand = detection_metrics(s_cand_in, sb[is_ood], self.tpr)
             result.metrics[f"{prefix}/auroc_diff"] = m_cand.auroc - m_ref.auroc
             result.metrics[f"{prefix}/fpr_at_tpr_diff"] = m_cand.fpr_at_tpr - m_ref.fpr_at_tpr
             result.metrics[f"{prefix}/n_id"] = float(len(s_ref_in))
-            result.metrics[f"{prefix}/n_ood"] = float(len(s_ref_out))
-            ids = np.r_[ref_in.example_ids.numpy(), ref_out.example_ids.numpy()]
+            result.metrics[f"{prefix}/n_ood"] = float(is_ood.sum())
             result.per_example[f"distribution_{prefix.replace('/', '_')}"] = {
-                "example_id": ids,
+                "example_id": p.ids,
                 "is_ood": is_ood,
                 "reference_score": sa,
                 "candidate_score": sb,
@@ -160,6 +170,58 @@ class DistributionCharacteristic(Characteristic):
                 sa, sb, is_ood, t_ref, t_cand, reference.name, candidate.name, name, self.score
             )
         return result
+
+    def _pooled(
+        self, ref_in: ModelOutputs, cand_in: ModelOutputs, ref_out: ModelOutputs, cand_out: ModelOutputs
+    ) -> _Pooled:
+        """Scores and flags of two models on aligned ID and aligned OOD outputs; each model's threshold keeps
+        :attr:`tpr` of its own ID scores."""
+        s_ref_in, s_cand_in = self._scores(ref_in), self._scores(cand_in)
+        t_ref, t_cand = id_threshold(s_ref_in, self.tpr), id_threshold(s_cand_in, self.tpr)
+        sa = np.r_[s_ref_in, self._scores(ref_out)]
+        sb = np.r_[s_cand_in, self._scores(cand_out)]
+        return _Pooled(
+            ids=np.r_[ref_in.example_ids.numpy(), ref_out.example_ids.numpy()].astype(np.int64),
+            is_ood=np.r_[np.zeros(len(ref_in), bool), np.ones(len(ref_out), bool)],
+            scores_ref=sa,
+            scores_cand=sb,
+            flags_ref=sa < t_ref,
+            flags_cand=sb < t_cand,
+        )
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """``<set>/flag_kappa`` per OOD set both models were scored on (alike = higher), for the verdict.
+
+        Rows are the pooled in-distribution and OOD inputs on which :meth:`compare` compares the two models'
+        flags, and the statistic is Cohen's kappa of the resampled rows' flags. The thresholds stay the
+        ones set on all ID rows (the flags are resampled, not re-derived). An ID and an OOD input may carry
+        the same id (each split numbers its own rows), so ``example_ids`` are ``2 * id`` for ID rows and
+        ``2 * id + 1`` for OOD rows: unique, and the same for every pair evaluated on the same splits. A set
+        is left out when the outputs carry no OOD sets, the splits do not align, or an id is too large for
+        that encoding (``|id| >= 2**62``).
+        """
+        ref_sets, cand_sets = _ood_sets(reference), _ood_sets(candidate)
+        stats = []
+        for name in [n for n in ref_sets if n in cand_sets]:
+            try:
+                ref_in, cand_in = align(reference, candidate)
+                ref_out, cand_out = align(ref_sets[name], cand_sets[name])
+            except ValueError:
+                continue
+            p = self._pooled(ref_in, cand_in, ref_out, cand_out)
+            if p.ids.size and np.abs(p.ids).max() >= 2**62:
+                log.warning("%s: example ids too large to tell ID from OOD rows; no verdict statistic", name)
+                continue
+            stats.append(
+                PairStatistic(
+                    name=f"{set_label(name)}/flag_kappa",
+                    alike="higher",
+                    example_ids=2 * p.ids + p.is_ood,
+                    arrays=(p.flags_ref, p.flags_cand),
+                    statistic=_flag_kappa,
+                )
+            )
+        return stats
 
     def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
         """Figure ``roc_<set>`` per OOD set: every model's ROC curve (ID positive)."""
@@ -174,6 +236,16 @@ class DistributionCharacteristic(Characteristic):
                 curves[o.name] = (s_in, s_out)
             result.figures[f"roc_{set_label(name)}"] = _roc_figure(curves, name, self.tpr)
         return result
+
+
+def _flag_kappa(flags_a: np.ndarray, flags_b: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of two ``(R, n)`` boolean flag arrays per resample, ``(R,)``; 1.0 where both flag one
+    and the same constant, as :func:`trustequiv.functional.agreement.cohen_kappa`."""
+    pa, pb = flags_a.mean(axis=-1), flags_b.mean(axis=-1)
+    p_o = (flags_a == flags_b).mean(axis=-1)
+    p_e = pa * pb + (1.0 - pa) * (1.0 - pb)
+    degenerate = np.isclose(p_e, 1.0, rtol=0.0, atol=1e-15)
+    return np.where(degenerate, 1.0, (p_o - p_e) / np.where(degenerate, 1.0, 1.0 - p_e))
 
 
 def _roc(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

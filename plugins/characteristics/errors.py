@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from trustequiv.characteristic import Characteristic, all_pairs, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, all_pairs, pair_name
 from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.agreement import (
     agreement_rate,
@@ -40,6 +40,11 @@ def _jaccard_rows(wrong_a: np.ndarray, wrong_b: np.ndarray) -> np.ndarray:
 
 def _agreement_rows(same: np.ndarray) -> np.ndarray:
     return np.mean(same, axis=-1)
+
+
+def _flip_rows(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
+    """Flip rate along the last axis of ``(R, N)`` correctness masks (as ``functional.flips``)."""
+    return np.mean(correct_a != correct_b, axis=-1)
 
 
 def _correct_rows(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +205,27 @@ class ErrorsCharacteristic(Characteristic):
             }
         }
         return CharacteristicResult(metrics=metrics, per_example=per_example, notes=notes)
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """For the verdict: ``error_jaccard`` (higher = alike) and ``flip_rate`` (lower) on the labelled
+        shared examples, and ``agreement`` (higher) on every shared example when both models carry scores;
+        their estimates equal :meth:`compare`'s metrics of the same name.
+
+        Raises:
+            ValueError: from :func:`trustequiv.outputs.align`, or no shared labelled example.
+        """
+        ref, cand = align(reference, candidate)
+        correct_ref, correct_cand, ids = _pair_correctness(ref, cand)
+        ids = ids.astype(np.int64)
+        stats = [
+            PairStatistic("error_jaccard", "higher", ids, (~correct_ref, ~correct_cand), _jaccard_rows),
+            PairStatistic("flip_rate", "lower", ids, (correct_ref, correct_cand), _flip_rows),
+        ]
+        if ref.has_scores and cand.has_scores:
+            same = ref.predictions.detach().cpu().numpy() == cand.predictions.detach().cpu().numpy()
+            all_ids = ref.example_ids.detach().cpu().numpy().astype(np.int64)
+            stats.append(PairStatistic("agreement", "higher", all_ids, (same,), _agreement_rows))
+        return stats
 
     def _bootstrap(self, statistic: Callable[..., np.ndarray], *arrays: np.ndarray) -> BootstrapResult:
         return paired_bootstrap(

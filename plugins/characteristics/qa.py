@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.functional.bootstrap import paired_bootstrap
 from trustequiv.functional.squad import normalize_answer
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
@@ -90,7 +90,8 @@ class QACharacteristic(Characteristic):
         return CharacteristicResult(metrics=m, notes=notes)
 
     def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
-        """``<pair>/exact_diff``, ``/f1_diff`` (+ ``_ci_low`` / ``_ci_high``) and ``/answer_agreement``."""
+        """``<pair>/exact_diff``, ``/f1_diff`` (+ ``_ci_low`` / ``_ci_high``), ``/answer_agreement`` and
+        ``/exact_agreement`` (share of questions both models get right or both wrong by exact match)."""
         ref, cand = align(reference, candidate)
         ids = ref.example_ids.numpy()
         a, b = qa_columns(ref), qa_columns(cand)  # aligned rows (select reorders the columns)
@@ -116,6 +117,7 @@ class QACharacteristic(Characteristic):
             ]
         )
         metrics[f"{pair}/answer_agreement"] = float(same.mean())
+        metrics[f"{pair}/exact_agreement"] = float(_exact_agreement(a["exact"][None], b["exact"][None])[0])
         per_example = {
             f"qa_{pair}": {
                 "example_id": ids,
@@ -128,8 +130,32 @@ class QACharacteristic(Characteristic):
         notes = [
             "EM and F1: official SQuAD 2.0 definitions (normalised answers; max over gold answers; an "
             "unanswerable question scores 1 only for an empty prediction), reported in [0, 1]. Answer "
-            "agreement: identical normalised predictions. Intervals: "
+            "agreement: identical normalised predictions; exact agreement: the same EM (both right or both "
+            "wrong). Intervals: "
             f"{self.confidence:.0%} paired bootstrap percentile, "
             f"{self.n_bootstrap} resamples, seed {self.seed}."
         ]
         return CharacteristicResult(metrics=metrics, per_example=per_example, notes=notes)
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """``exact_agreement`` (alike = higher) over the shared questions, for the verdict: arrays are both
+        models' per-question exact match. None when the outputs carry no QA columns or share no question."""
+        try:
+            ref, cand = align(reference, candidate)
+            a, b = qa_columns(ref), qa_columns(cand)
+        except ValueError:
+            return []
+        return [
+            PairStatistic(
+                name="exact_agreement",
+                alike="higher",
+                example_ids=ref.example_ids.numpy().astype(np.int64),
+                arrays=(a["exact"], b["exact"]),
+                statistic=_exact_agreement,
+            )
+        ]
+
+
+def _exact_agreement(exact_a: np.ndarray, exact_b: np.ndarray) -> np.ndarray:
+    """``(R, n)`` exact match (0/1) of each model -> ``(R,)`` share of questions with the same EM."""
+    return (exact_a == exact_b).mean(axis=-1)

@@ -8,6 +8,7 @@ permutation null (one side's rows shuffled), on the pooled embeddings the pipeli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from trustequiv.characteristic import Characteristic, all_pairs, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, all_pairs, pair_name
 from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.representation import (
     DEFAULT_KS,
@@ -26,11 +27,15 @@ from trustequiv.functional.representation import (
     knn_indices,
     linear_cka_null,
     mutual_knn_null,
+    neighbour_overlap,
     resolve_knn_backend,
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
 
 log = logging.getLogger(__name__)
+
+#: K of the mutual kNN overlap the verdict judges (the headline ``knn_k10``).
+VERDICT_K = 10
 
 
 def _embeddings(out: ModelOutputs) -> torch.Tensor:
@@ -201,6 +206,60 @@ class RepresentationCharacteristic(Characteristic):
             metrics=metrics, tables={f"knn_curve_{pair}": rows}, notes=self._notes(dropped)
         )
 
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """``knn_k10`` and ``cka_linear`` (both alike = higher) on the shared examples, for the verdict.
+
+        ``knn_k10``: each example's neighbourhood overlap ``|N_ref(i) ∩ N_cand(i)| / 10`` is computed once on
+        all shared rows (the neighbour lists :meth:`compare` uses) and the statistic is the mean of the
+        resampled rows' overlaps. The neighbourhoods are not recomputed per resample: a bootstrap resample
+        repeats examples, so every copy would become its copies' nearest neighbour (cosine 1) and the
+        overlap would measure the duplication, not the models; and it would cost a kNN search per resample.
+        The interval thus reflects which examples are drawn, given the neighbourhood graph of all shared rows
+        (when the verdict keeps only the ids it shares with other pairs, each kept row's overlap is still the
+        one found among this pair's shared rows).
+
+        ``cka_linear``: exact linear CKA of the resampled rows (:func:`resampled_linear_cka`, duplicates
+        counted). Its only array holds each row's position in the pair's aligned embeddings, which the
+        statistic reads from its closure, so the verdict's ``a[idx]`` never copies ``(R, n, D)`` features.
+
+        A statistic is left out when it cannot be computed: no embeddings or shared example, no K = 10
+        (``ks``, or N <= 10), ``cka`` off, or CKA undefined (a side with zero variance).
+        """
+        try:
+            ref, cand = align(reference, candidate)
+            ea, eb = _embeddings(ref), _embeddings(cand)
+        except ValueError:
+            return []
+        n = len(ref)
+        ids = ref.example_ids.detach().cpu().numpy().astype(np.int64)
+        stats = []
+        usable = [k for k in self.ks if k <= n - 1]
+        if VERDICT_K in usable:
+            kmax = max(usable)  # compare's neighbour lists (memoised), whose prefixes give every K
+            overlap = neighbour_overlap(
+                self._neighbours(ref, kmax)[:, :VERDICT_K], self._neighbours(cand, kmax)[:, :VERDICT_K]
+            )
+            stats.append(
+                PairStatistic(
+                    name=f"knn_k{VERDICT_K}",
+                    alike="higher",
+                    example_ids=ids,
+                    arrays=(overlap / VERDICT_K,),
+                    statistic=_row_mean,
+                )
+            )
+        if self.cka and n >= 2:
+            cka = PairStatistic(
+                name="cka_linear",
+                alike="higher",
+                example_ids=ids,
+                arrays=(np.arange(n, dtype=np.int64),),
+                statistic=functools.partial(resampled_linear_cka, ea.numpy(), eb.numpy()),
+            )
+            if np.isfinite(cka.estimate()):
+                stats.append(cka)
+        return stats
+
     def summarize(self, outputs: Sequence[ModelOutputs]) -> CharacteristicResult:
         """Figure ``knn_curve`` (reference vs each candidate over K, with the null's 95th percentile and the
         chance line) and, with >= 2 models, all-pairs tables and heatmaps ``knn_matrix`` (at ``matrix_k``)
@@ -233,6 +292,86 @@ class RepresentationCharacteristic(Characteristic):
         if self.cka:
             result.figures["cka_matrix"] = matrix_heatmap(cka_mat, names, "Linear CKA")
         return result
+
+
+#: Gram elements formed at once by :func:`resampled_linear_cka` (five ``(N, block)`` float64 arrays, 64 MB).
+_GRAM_ELEMENTS = 1 << 23
+#: HSIC below this share of its uncentred term counts as zero variance (rounding of a constant side).
+_ZERO_VARIANCE = 1e-12
+
+
+def _row_mean(values: np.ndarray) -> np.ndarray:
+    """``(R, n)`` resampled per-example values -> ``(R,)`` means."""
+    return values.mean(axis=-1)
+
+
+def resampled_linear_cka(
+    features_a: np.ndarray, features_b: np.ndarray, rows: np.ndarray, block_size: int = 512
+) -> np.ndarray:
+    """Linear CKA (biased, Kornblith et al. 2019) of ``features_a[rows[r]]`` vs ``features_b[rows[r]]`` for
+    every resample ``r``, without forming the ``(R, m, D)`` resampled features or an ``N x N`` Gram matrix.
+
+    A resample that repeats rows is a weighted sample: with ``w`` the count of each row in ``rows[r]`` and
+    ``m = len(rows[r])``, the resample's column-centred cross-covariance is ``Σ_i w_i (x_i - μ)(y_i - ν)^T``
+    (μ, ν the resample's means), and its squared Frobenius norm expands in the Gram matrices
+    ``K = X X^T``, ``L = Y Y^T``::
+
+        HSIC_w(K, L) = wᵀ(K∘L)w - (2/m) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw) / m²
+
+    and ``CKA = HSIC_w(K, L) / sqrt(HSIC_w(K, K) HSIC_w(L, L))``, equal to
+    :func:`trustequiv.functional.representation.linear_cka` of the resampled rows. The features are first
+    centred on all N rows (CKA is translation invariant; this keeps the expansion's terms small). The Gram
+    matrices are formed ``block_size`` columns at a time.
+
+    Cost: time ``O(N² (D_a + D_b) + R N²)`` (the five ``(R, N) @ (N, block)`` products dominate), extra
+    memory ``O(R N)`` float64 plus about 64 MB of Gram columns (``block_size`` is lowered to keep them there).
+    Each call forms the Gram columns again, so pass many resamples per call (``benchmarks/resampled_cka.py``
+    measures it against CKA of each materialised resample).
+
+    Args:
+        features_a, features_b: ``(N, D_a)``, ``(N, D_b)`` features of the same N rows.
+        rows: ``(R, m)`` int row indices of each resample (``m >= 2``).
+        block_size: Gram columns formed at once.
+
+    Returns:
+        ``(R,)`` float64 in [0, 1]; NaN for a resample on which one side has zero variance.
+
+    Raises:
+        ValueError: row counts differ, ``rows`` not 2-D or out of range.
+    """
+    x = np.asarray(features_a, dtype=np.float64)
+    y = np.asarray(features_b, dtype=np.float64)
+    idx = np.asarray(rows)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"features must be (N, D) with the same N, got {x.shape} and {y.shape}")
+    n = x.shape[0]
+    if idx.ndim != 2 or idx.size == 0 or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"rows must be a non-empty (R, m) array of indices in [0, {n}), got {idx.shape}")
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+    r, m = idx.shape
+    w = np.bincount((idx + n * np.arange(r)[:, None]).ravel(), minlength=r * n).reshape(r, n).astype(float)
+    q_kl, q_kk, q_ll, s_uv, s_uu, s_vv, s_u, s_v = np.zeros((8, r))
+    block_size = max(16, min(int(block_size), _GRAM_ELEMENTS // (5 * n)))
+    for start in range(0, n, block_size):
+        cols = slice(start, start + block_size)
+        k, l_ = x @ x[cols].T, y @ y[cols].T  # (N, b) Gram columns
+        wb = w[:, cols]
+        u, v, kl, kk, ll = np.split(w @ np.hstack([k, l_, k * l_, k * k, l_ * l_]), 5, axis=1)
+        q_kl += (kl * wb).sum(axis=1)
+        q_kk += (kk * wb).sum(axis=1)
+        q_ll += (ll * wb).sum(axis=1)
+        s_uv += (wb * u * v).sum(axis=1)
+        s_uu += (wb * u * u).sum(axis=1)
+        s_vv += (wb * v * v).sum(axis=1)
+        s_u += (wb * u).sum(axis=1)
+        s_v += (wb * v).sum(axis=1)
+    hsic_kl = q_kl - 2.0 / m * s_uv + s_u * s_v / m**2
+    hsic_kk = q_kk - 2.0 / m * s_uu + s_u**2 / m**2
+    hsic_ll = q_ll - 2.0 / m * s_vv + s_v**2 / m**2
+    # a side with no variance in the resample: its HSIC is 0 up to rounding of the uncentred terms
+    varies = (hsic_kk > _ZERO_VARIANCE * q_kk) & (hsic_ll > _ZERO_VARIANCE * q_ll)
+    norm = np.sqrt(np.where(varies, hsic_kk * hsic_ll, 1.0))
+    return np.where(varies, hsic_kl / norm, np.nan)
 
 
 def _null_metrics(prefix: str, s: NullSummary) -> dict[str, float]:

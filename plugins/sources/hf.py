@@ -56,6 +56,29 @@ class HFSource(ModelSource):
     def fine_tune_spec(self) -> ModelSpec:
         return self.spec
 
+    def replica(self, seed: int, ctx: RunContext) -> tuple[ModelSource | None, str]:
+        task = ctx.task_cfg["name"]
+        if self.spec.compressor:
+            return None, f"{self.name} is compressed: a noise floor re-fine-tunes an uncompressed reference"
+        if self.spec.checkpoint:
+            return None, (
+                f"{self.name} is a checkpoint made elsewhere (model.checkpoint): there is no recipe here to "
+                "repeat with another seed"
+            )
+        found = resolve_checkpoint(self.spec, task, ctx.models_dir)
+        if not found and zoo_entry(self.model_cfg, task):
+            return None, (
+                f"{self.name} on {task} is a published checkpoint (the model zoo), not fine-tuned here: "
+                "there is no recipe to repeat with another seed"
+            )
+        if found and read_metadata(found).get("seed") == seed:
+            return None, f"{self.name} was itself fine-tuned with seed {seed}"
+        # The replica never takes the zoo's checkpoint: it is fine-tuned here or found where train.py put it.
+        replica = HFSource({**self.model_cfg, "zoo": None}, None)
+        replica.spec = dataclasses.replace(self.spec, name=f"{self.name}+seed{seed}", seed=int(seed))
+        replica.name = replica.spec.name
+        return replica, ""
+
     def prepare(self, ctx: RunContext) -> dict[str, Any]:
         self.spec = with_zoo(self.spec, self.model_cfg, ctx.task_cfg["name"], ctx.models_dir)
         checkpoint = ensure_checkpoint(self.spec, ctx, allow_train=ctx.allow_train)

@@ -35,7 +35,7 @@ from plugins.characteristics.adversarial.attack import PAPER_MLM, build_attack, 
 from plugins.characteristics.adversarial.runner import read_jsonl, reusable_under_budget, run_attack
 from plugins.characteristics.adversarial.wrapper import TextClassifier, textattack_wrapper
 from trustequiv.cache import content_key
-from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.functional.adversarial import (
     attack_summary,
     attacked_set_jaccard,
@@ -291,6 +291,75 @@ class Adversarial(Characteristic):
         res.metrics[f"{outputs.name}/departures_from_paper"] = float(len(departures(setup)))
         return res
 
+    def _fooled(
+        self,
+        source: ModelOutputs,
+        target: ModelOutputs,
+        broken: set[int],
+        records: Mapping[int, Mapping[str, Any]],
+    ) -> dict[int, bool] | None:
+        """For each id in ``broken`` (attacks that succeeded on ``source``) whose adversarial text ``target``
+        replayed: whether it fools ``target`` (prediction != gold label from ``records``); None without a
+        replay of ``source``'s texts on ``target``."""
+        replay = (
+            ((target.collected.get(self.name) or {}).get("replay") or {}).get("transfer", {}).get(source.name)
+        )
+        if replay is None:
+            return None
+        pred = dict(zip(replay["ids"], replay["predictions"], strict=True))
+        return {i: pred[i] != records[i]["label"] for i in sorted(broken) if i in pred}
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """The verdict's statistics over the examples both models attacked (neither skipped), ids as in the
+        data:
+
+        - ``abs_success_rate_gap`` (alike = lower): ``|success rate_cand - success rate_ref|``; signed
+          version ``success_rate_gap`` (candidate - reference). Arrays: both models' success per example.
+        - ``transfer_ref_to_cand`` (alike = higher): share of the reference's successful adversarial texts
+          that also fool the candidate. Arrays: whether the reference's attack succeeded and its text was
+          replayed on the candidate, and whether it fooled it; the statistic is the share among the
+          resampled rows of the first kind (NaN in a resample with none).
+
+        Both are left out without attack outcomes or a common attacked example; transfer also without the
+        candidate's replay of the reference's texts or a successful reference attack among them.
+        """
+        try:
+            ra, ca = self._records(reference, self.name), self._records(candidate, self.name)
+            st_r = {i: r["status"] for i, r in ra.items()}
+            st_c = {i: r["status"] for i, r in ca.items()}
+            common = common_attacked(st_r, st_c)
+        except ValueError:
+            return []
+        if not common:
+            return []
+        ids = np.asarray(common, dtype=np.int64)
+        broken_r = np.array([st_r[i] == "success" for i in common])
+        broken_c = np.array([st_c[i] == "success" for i in common])
+        stats = [
+            PairStatistic(
+                name="abs_success_rate_gap",
+                alike="lower",
+                example_ids=ids,
+                arrays=(broken_r, broken_c),
+                statistic=_abs_rate_gap,
+                signed=_rate_gap,
+            )
+        ]
+        fooled = self._fooled(reference, candidate, success_set(st_r, common), ra)
+        if fooled:
+            replayed = np.array([i in fooled for i in common])
+            fools = np.array([bool(fooled.get(i, False)) for i in common])
+            stats.append(
+                PairStatistic(
+                    name="transfer_ref_to_cand",
+                    alike="higher",
+                    example_ids=ids,
+                    arrays=(replayed, fools),
+                    statistic=_share_fooled,
+                )
+            )
+        return stats
+
     def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
         ra, ca = self._records(reference, self.name), self._records(candidate, self.name)
         st_r = {i: r["status"] for i, r in ra.items()}
@@ -305,6 +374,7 @@ class Adversarial(Characteristic):
             success_rate_reference=sr_r,
             success_rate_candidate=sr_c,
             success_rate_gap=sr_c - sr_r,
+            abs_success_rate_gap=abs(sr_c - sr_r),
             attacked_jaccard=attacked_set_jaccard(st_r, st_c),
             n_both_broken=float(len(succ_r & succ_c)),
         )
@@ -327,18 +397,11 @@ class Adversarial(Characteristic):
             ("transfer_ref_to_cand", reference, candidate, succ_r),
             ("transfer_cand_to_ref", candidate, reference, succ_c),
         ):
-            replay = (
-                ((target.collected.get(self.name) or {}).get("replay") or {})
-                .get("transfer", {})
-                .get(source.name)
-            )
-            if replay is None:
+            fooled = self._fooled(source, target, src_set, ra)
+            if fooled is None:
                 m[direction] = math.nan
                 notes.append(f"{direction}: no replay of {source.name}'s adversarial texts on {target.name}")
                 continue
-            pred = dict(zip(replay["ids"], replay["predictions"], strict=True))
-            labels = {i: ra[i]["label"] for i in common}
-            fooled = {i: pred[i] != labels[i] for i in sorted(src_set) if i in pred}
             m[direction] = transfer_rate(list(fooled.values()))
             m[f"{direction}_n"] = float(len(fooled))
             col = "ref_adv_fools_cand" if direction.endswith("to_cand") else "cand_adv_fools_ref"
@@ -352,3 +415,19 @@ class Adversarial(Characteristic):
         }
         res.tables[f"{scope}_summary"] = [{"metric": k, "value": round(float(v), 4)} for k, v in m.items()]
         return res
+
+
+def _rate_gap(broken_ref: np.ndarray, broken_cand: np.ndarray) -> np.ndarray:
+    """``(R, n)`` per-example attack success of each model -> ``(R,)`` success rate_cand - rate_ref."""
+    return broken_cand.mean(axis=-1) - broken_ref.mean(axis=-1)
+
+
+def _abs_rate_gap(broken_ref: np.ndarray, broken_cand: np.ndarray) -> np.ndarray:
+    """``|`` :func:`_rate_gap` ``|``."""
+    return np.abs(_rate_gap(broken_ref, broken_cand))
+
+
+def _share_fooled(replayed: np.ndarray, fools: np.ndarray) -> np.ndarray:
+    """``(R, n)`` masks -> ``(R,)`` share of replayed adversarial texts that fool the target; NaN for none."""
+    n = replayed.sum(axis=-1)
+    return np.where(n > 0, (replayed & fools).sum(axis=-1) / np.maximum(n, 1), np.nan)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ import numpy as np
 from plugins.characteristics.attribution.figures import heatmap_figure, heatmap_html, histogram_figure
 from plugins.characteristics.attribution.perturb import DEFAULT_WORD_PATTERN, WordFeatures, word_keys
 from trustequiv.cache import OutputCache, content_key
-from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
 from trustequiv.functional.bootstrap import paired_bootstrap
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
@@ -38,6 +39,23 @@ from trustequiv.sources import ModelHandle
 log = logging.getLogger(__name__)
 
 ExplainedClass = Literal["gold", "prediction", "reference_prediction"]
+
+#: the alignment metrics the verdict judges (:meth:`AttributionCharacteristic.pair_statistics`).
+VERDICT_METRICS = ("jaccard", "spearman")
+
+
+@dataclass(frozen=True)
+class _Alignment:
+    """Per-run, per-example alignment scores of one pair on the examples both models explained."""
+
+    ids: list[int]  # example ids, in the reference's collected order
+    rows: np.ndarray  # their rows in the aligned outputs
+    runs: list[str]  # run seeds both models have
+    values: dict[str, np.ndarray]  # metric -> (runs, examples), NaN where undefined
+    pos_r: dict[int, int]  # example id -> position in each model's collected examples
+    pos_c: dict[int, int]
+    cls_r: np.ndarray  # explained class per aligned row, per model
+    cls_c: np.ndarray
 
 
 class AttributionCharacteristic(Characteristic):
@@ -312,6 +330,67 @@ class AttributionCharacteristic(Characteristic):
             "resamples) of the run-averaged per-example values.",
         ]
 
+    def _alignment(
+        self, ref: ModelOutputs, cand: ModelOutputs, ex_r: Mapping[str, Any], ex_c: Mapping[str, Any]
+    ) -> _Alignment:
+        """Every alignment metric per run and example, on aligned outputs and their collected attributions.
+
+        Raises:
+            ValueError: the two models explained no common example with a common run.
+        """
+        runs = [s for s in ex_r["runs"] if s in ex_c["runs"]]
+        pos_r = {int(e["id"]): k for k, e in enumerate(ex_r["examples"])}
+        pos_c = {int(e["id"]): k for k, e in enumerate(ex_c["examples"])}
+        row = {int(i): k for k, i in enumerate(ref.example_ids.tolist())}
+        ids = [i for i in pos_r if i in pos_c and i in row]
+        if not runs or not ids:
+            pair = pair_name(ref.name, cand.name)
+            raise ValueError(f"{pair}: the two models' {self.name} attributions share no example or run")
+        cls_r, cls_c = self._explained(ref, cand)
+        rows = np.array([row[i] for i in ids])
+        values = {m: np.full((len(runs), len(ids)), np.nan) for m in ALIGNMENT_METRICS}
+        for r, seed in enumerate(runs):
+            for j, eid in enumerate(ids):
+                e = ex_r["examples"][pos_r[eid]]
+                keys = word_keys(e["words"], e["segments"], self.lowercase)
+                if not keys:
+                    continue
+                a = np.asarray(ex_r["runs"][seed][pos_r[eid]])[cls_r[rows[j]]]
+                b = np.asarray(ex_c["runs"][seed][pos_c[eid]])[cls_c[rows[j]]]
+                for m, v in alignment_scores(a, b, keys, self.top_k, self.rank_by).items():
+                    values[m][r, j] = v
+        return _Alignment(ids, rows, runs, values, pos_r, pos_c, cls_r, cls_c)
+
+    def pair_statistics(self, reference: ModelOutputs, candidate: ModelOutputs) -> list[PairStatistic]:
+        """``jaccard`` (paper A's J@K) and ``spearman``, both alike = higher, for the verdict.
+
+        Rows are the explained examples both models share (ids as in the data); each row holds the example's
+        value in every common run (``(n, runs)``, NaN where undefined, e.g. Spearman of a constant
+        attribution), and the statistic is the compare metric on the resampled rows: the mean over runs of
+        each run's mean over the finite values. None is returned when the attributions are missing, failed,
+        share no example or run, or the metric is NaN on every row.
+        """
+        try:
+            ref, cand = align(reference, candidate)
+            ex_r, ex_c = self._collected(ref), self._collected(cand)
+            if ex_r.get("error") or ex_c.get("error"):
+                return []
+            al = self._alignment(ref, cand, ex_r, ex_c)
+        except ValueError:
+            return []
+        ids = np.asarray(al.ids, dtype=np.int64)
+        stats = [
+            PairStatistic(
+                name=m,
+                alike="higher",
+                example_ids=ids,
+                arrays=(al.values[m].T.copy(),),
+                statistic=_mean_of_run_means,
+            )
+            for m in VERDICT_METRICS
+        ]
+        return [s for s in stats if np.isfinite(s.estimate())]
+
     def compare(self, reference: ModelOutputs, candidate: ModelOutputs) -> CharacteristicResult:
         """Alignment metrics on the examples both models explained (see the module docstring).
 
@@ -330,26 +409,9 @@ class AttributionCharacteristic(Characteristic):
             for m in ALIGNMENT_METRICS:
                 result.metrics[f"{pair}/{m}"] = float("nan")
             return result
-        runs = [s for s in ex_r["runs"] if s in ex_c["runs"]]
-        pos_r = {int(e["id"]): k for k, e in enumerate(ex_r["examples"])}
-        pos_c = {int(e["id"]): k for k, e in enumerate(ex_c["examples"])}
-        row = {int(i): k for k, i in enumerate(ref.example_ids.tolist())}
-        ids = [i for i in pos_r if i in pos_c and i in row]
-        if not runs or not ids:
-            raise ValueError(f"{pair}: the two models' {self.name} attributions share no example or run")
-        cls_r, cls_c = self._explained(ref, cand)
-        rows = np.array([row[i] for i in ids])
-        values = {m: np.full((len(runs), len(ids)), np.nan) for m in ALIGNMENT_METRICS}
-        for r, seed in enumerate(runs):
-            for j, eid in enumerate(ids):
-                e = ex_r["examples"][pos_r[eid]]
-                keys = word_keys(e["words"], e["segments"], self.lowercase)
-                if not keys:
-                    continue
-                a = np.asarray(ex_r["runs"][seed][pos_r[eid]])[cls_r[rows[j]]]
-                b = np.asarray(ex_c["runs"][seed][pos_c[eid]])[cls_c[rows[j]]]
-                for m, v in alignment_scores(a, b, keys, self.top_k, self.rank_by).items():
-                    values[m][r, j] = v
+        al = self._alignment(ref, cand, ex_r, ex_c)
+        ids, rows, runs, values, pos_r, pos_c = al.ids, al.rows, al.runs, al.values, al.pos_r, al.pos_c
+        cls_r, cls_c = al.cls_r, al.cls_c
         per_ex = {m: np.nanmean(v, axis=0) if np.isfinite(v).any() else v[0] for m, v in values.items()}
         for m, v in values.items():
             run_means = np.array([np.nanmean(x) if np.isfinite(x).any() else np.nan for x in v])
@@ -430,6 +492,25 @@ class AttributionCharacteristic(Characteristic):
                 )
         result.figures[f"heatmaps_{pair}"] = heatmap_figure(panels)
         result.tables[f"heatmaps_{pair}"] = table
+
+
+def _mean_of_run_means(values: np.ndarray) -> np.ndarray:
+    """The compare metric of resampled rows: mean over runs of each run's mean over its finite values.
+
+    Args:
+        values: ``(R, n, runs)`` per-example values (NaN where undefined).
+
+    Returns:
+        ``(R,)`` float64; a run with no finite value is left out, NaN when no run has one.
+    """
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)  # (R, runs)
+    total = np.where(finite, values, 0.0).sum(axis=1)
+    run_means = total / np.maximum(count, 1)
+    used = count > 0
+    n_used = used.sum(axis=1)
+    mean = np.where(used, run_means, 0.0).sum(axis=1) / np.maximum(n_used, 1)
+    return np.where(n_used > 0, mean, np.nan)
 
 
 def _counters(scorer: TextScorer | None) -> tuple[int, int, int]:

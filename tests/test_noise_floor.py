@@ -1,0 +1,108 @@
+"""The noise floor: the reference fine-tuned again with another seed, compared with it like a candidate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import compose, tiny_overrides
+
+from trustequiv import pipeline
+from trustequiv.models import read_metadata
+from trustequiv.noise_floor import make_noise_floor, wanted_seeds
+from trustequiv.plan import make_plan
+
+FAST = ["trainer.max_epochs=3", "task.training.learning_rate=5e-3"]
+
+
+def test_wanted_seeds():
+    assert wanted_seeds("auto", 42) is None
+    assert wanted_seeds(None, 42) is None
+    assert wanted_seeds([1, 2, 1], 42) == [1, 2]
+    assert wanted_seeds([42, 1], 42) == [1]  # the run's own seed is the reference itself
+    assert wanted_seeds([], 42) == []
+    for bad in ("one", [1.5, "x"], 3):
+        with pytest.raises(ValueError, match=r"noise_floor\.seeds"):
+            wanted_seeds(bad, 42)
+
+
+def _floor(tmp_path, tiny_bert, data_dir, *extra):
+    cfg = compose("evaluate", tiny_overrides(tmp_path, tiny_bert, data_dir, *extra))
+    p = make_plan(cfg)
+    ctx = pipeline.run_context(cfg, p.task_cfg, dataset=p.dataset)
+    return make_noise_floor(p.reference, cfg.noise_floor.seeds, ctx)
+
+
+def test_auto_is_off_with_a_note_when_nothing_may_be_trained(tmp_path, tiny_bert, synthetic_data_dir):
+    floor = _floor(tmp_path, tiny_bert, synthetic_data_dir, "noise_floor.seeds=auto")
+    assert floor.models == []
+    assert "train_missing" in floor.notes[0] and "tiny_ref+seed1" in floor.notes[0]
+
+
+def test_auto_takes_one_seed_when_the_reference_can_be_fine_tuned(tmp_path, tiny_bert, synthetic_data_dir):
+    floor = _floor(tmp_path, tiny_bert, synthetic_data_dir, "noise_floor.seeds=auto", "train_missing=true")
+    assert [m.name for m in floor.models] == ["tiny_ref+seed1"] and floor.seeds == [1]
+
+
+def test_no_floor_for_a_checkpoint_made_elsewhere(tmp_path, tiny_bert, synthetic_data_dir):
+    floor = _floor(
+        tmp_path, tiny_bert, synthetic_data_dir, "noise_floor.seeds=[1]", f"reference.checkpoint={tiny_bert}"
+    )
+    assert floor.models == [] and "made elsewhere" in floor.notes[0]
+
+
+def test_predictions_source_has_no_floor(tmp_path):
+    from trustequiv.sources import build_source
+
+    source = build_source({"name": "elsewhere", "source": "predictions", "path": str(tmp_path / "p.csv")})
+    replica, why = source.replica(1, ctx=None)
+    assert replica is None and "predictions source" in why
+
+
+def test_missing_replica_names_the_command(floor_run, tiny_bert, synthetic_data_dir):
+    # reference and candidate exist, the replica for seed 2 does not, and training is not allowed
+    tmp, _ = floor_run
+    cfg = compose(
+        "evaluate", tiny_overrides(tmp, tiny_bert, synthetic_data_dir, "noise_floor.seeds=[2]", *FAST)
+    )
+    with pytest.raises(FileNotFoundError, match=r"seed=2 model.name=tiny_ref\+seed2"):
+        pipeline.evaluate(cfg)
+
+
+@pytest.fixture(scope="module")
+def floor_run(tmp_path_factory, tiny_bert, synthetic_data_dir):
+    tmp = tmp_path_factory.mktemp("floor")
+    cfg = compose(
+        "evaluate",
+        tiny_overrides(
+            tmp, tiny_bert, synthetic_data_dir, "train_missing=true", "noise_floor.seeds=[1]", *FAST
+        ),
+    )
+    return tmp, pipeline.evaluate(cfg)
+
+
+def test_replica_is_the_reference_fine_tuned_with_another_seed(floor_run):
+    tmp, result = floor_run
+    reference = read_metadata(tmp / "models" / "sst2" / "tiny_ref")
+    replica = read_metadata(tmp / "models" / "sst2" / "tiny_ref+seed1")
+    assert replica["seed"] == 1 and reference["seed"] == 42
+    assert replica["training"] == reference["training"] and replica["pretrained"] == reference["pretrained"]
+    # compared with the reference exactly as a candidate is
+    metrics = result["metrics"]
+    for char_metric in ("errors/{}/error_jaccard", "calibration/{}/ece_uniform_diff"):
+        assert char_metric.format("tiny_ref_vs_tiny_ref+seed1") in metrics
+        assert char_metric.format("tiny_ref_vs_tiny_cand") in metrics
+    results = json.loads((Path(result["output_dir"]) / "results.json").read_text())
+    assert results["noise_floor"]["models"] == ["tiny_ref+seed1"]
+    assert results["candidates"] == ["tiny_cand"]  # the replica is not a candidate
+
+
+def test_second_run_reuses_the_replica(floor_run, tiny_bert, synthetic_data_dir):
+    tmp, _ = floor_run
+    cfg = compose(
+        "evaluate",
+        tiny_overrides(tmp, tiny_bert, synthetic_data_dir, "noise_floor.seeds=[1]", *FAST),
+    )
+    result = pipeline.evaluate(cfg)
+    assert result["cached"]["tiny_ref+seed1/test"] is True
