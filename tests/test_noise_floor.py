@@ -96,6 +96,13 @@ def test_replica_is_the_reference_fine_tuned_with_another_seed(floor_run):
     results = json.loads((Path(result["output_dir"]) / "results.json").read_text())
     assert results["noise_floor"]["models"] == ["tiny_ref+seed1"]
     assert results["candidates"] == ["tiny_cand"]  # the replica is not a candidate
+    # the verdict judges the candidate against the floor; the replica is not judged
+    verdict = results["verdict"]
+    assert list(verdict) == ["tiny_cand"]
+    stat = verdict["tiny_cand"]["statistics"]["errors/error_jaccard"]
+    assert stat["mode"] == "noise_floor" and stat["floor_models"] == ["tiny_ref+seed1"]
+    assert verdict["tiny_cand"]["overall"] in ("equivalent", "not_equivalent", "inconclusive")
+    assert "noise floor" in (Path(result["output_dir"]) / "report.html").read_text().lower()
 
 
 def test_second_run_reuses_the_replica(floor_run, tiny_bert, synthetic_data_dir):

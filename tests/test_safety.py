@@ -401,7 +401,7 @@ def test_every_compressor_config_builds_by_name(path):
 
 def test_unknown_compressor_lists_known_ones():
     with pytest.raises(
-        ValueError, match=r"unknown compressor 'nope'; known: \['layer_drop', 'quantize_dynamic'"
+        ValueError, match=r"unknown compressor 'nope'; known: \[.*'layer_drop', .*'quantize_dynamic'"
     ):
         build_compressor({"name": "nope"})
     with pytest.raises(ValueError, match="takes no setting"):

@@ -16,6 +16,7 @@ from trustequiv.config import (
     CONF_PACKAGE,
     check_config,
     lightning_logs_once,
+    quiet_import_noise,
     quiet_third_party,
     register_resolvers,
     stop_on_sigterm,
@@ -40,6 +41,7 @@ def train_job(cfg: DictConfig) -> None:
         from trustequiv.pipeline import train
 
         lightning_logs_once()
+        quiet_import_noise()
         train(cfg)
 
 
@@ -51,6 +53,7 @@ def evaluate_job(cfg: DictConfig) -> None:
         from trustequiv.pipeline import evaluate
 
         lightning_logs_once()
+        quiet_import_noise()
         result = evaluate(cfg)
     print(result["output_dir"])
 

@@ -189,6 +189,17 @@ def lightning_logs_once() -> None:
         logger.propagate = True
 
 
+#: optional libraries that log import-time noise on every run: torchao (the `quantize` extra, imported by
+#: transformers whenever it is installed) warns about CUDA kernels and Triton a CPU build never has.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def quiet_import_noise() -> None:
+    """Keep only errors of the loggers in :data:`_IMPORT_NOISE` (their warnings say nothing about the run)."""
+    for name in _IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def to_container(cfg: DictConfig) -> dict:
     """Resolved plain-dict copy of ``cfg`` without secrets (keys named like api keys/tokens are dropped)."""
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

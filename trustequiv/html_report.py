@@ -358,7 +358,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <title>{{ title }}</title>
 <style>
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a;
-       max-width: 1200px; margin: 0 auto; padding: 1.5em; background: #fafbfc; }
+       max-width: 1440px; margin: 0 auto; padding: 1.5em; background: #fafbfc; }
 h1 { font-size: 1.6em; margin-bottom: .2em; }
 h2 { border-bottom: 2px solid #d0d7de; padding-bottom: .2em; margin-top: 2em; }
 h3 { margin-bottom: .3em; }

@@ -495,6 +495,7 @@ class SweepCallback(Callback):
         self._pending = None
         if sweep_dir is not None:
             self._build(sweep_dir)
+            print(sweep_dir)  # the last line, as a single run prints its run dir: for scripts
 
     def _at_exit(self) -> None:
         sweep_dir, self._pending = self._pending, None
