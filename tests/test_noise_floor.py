@@ -63,9 +63,7 @@ def test_predictions_source_has_no_floor(tmp_path):
 def test_missing_replica_names_the_command(floor_run, tiny_bert, synthetic_data_dir):
     # reference and candidate exist, the replica for seed 2 does not, and training is not allowed
     tmp, _ = floor_run
-    cfg = compose(
-        "evaluate", tiny_overrides(tmp, tiny_bert, synthetic_data_dir, "noise_floor.seeds=[2]", *FAST)
-    )
+    cfg = compose("evaluate", _floor_overrides(tmp, tiny_bert, synthetic_data_dir, seeds="[2]"))
     with pytest.raises(FileNotFoundError, match=r"seed=2 model.name=tiny_ref\+seed2"):
         pipeline.evaluate(cfg)
 
@@ -73,13 +71,22 @@ def test_missing_replica_names_the_command(floor_run, tiny_bert, synthetic_data_
 @pytest.fixture(scope="module")
 def floor_run(tmp_path_factory, tiny_bert, synthetic_data_dir):
     tmp = tmp_path_factory.mktemp("floor")
-    cfg = compose(
-        "evaluate",
-        tiny_overrides(
-            tmp, tiny_bert, synthetic_data_dir, "train_missing=true", "noise_floor.seeds=[1]", *FAST
-        ),
-    )
+    # the candidate is the reference quantized at load: only the reference and its replica are fine-tuned
+    cfg = compose("evaluate", _floor_overrides(tmp, tiny_bert, synthetic_data_dir, "train_missing=true"))
     return tmp, pipeline.evaluate(cfg)
+
+
+def _floor_overrides(tmp, tiny_bert, data_dir, *extra, seeds="[1]"):
+    return tiny_overrides(
+        tmp,
+        tiny_bert,
+        data_dir,
+        "compressor=quantize_dynamic",
+        f"noise_floor.seeds={seeds}",
+        *FAST,
+        *extra,
+        candidate="tiny_ref",
+    )
 
 
 def test_replica_is_the_reference_fine_tuned_with_another_seed(floor_run):
@@ -92,24 +99,21 @@ def test_replica_is_the_reference_fine_tuned_with_another_seed(floor_run):
     metrics = result["metrics"]
     for char_metric in ("errors/{}/error_jaccard", "calibration/{}/ece_uniform_diff"):
         assert char_metric.format("tiny_ref_vs_tiny_ref+seed1") in metrics
-        assert char_metric.format("tiny_ref_vs_tiny_cand") in metrics
+        assert char_metric.format("tiny_ref_vs_tiny_ref+quantize_dynamic") in metrics
     results = json.loads((Path(result["output_dir"]) / "results.json").read_text())
     assert results["noise_floor"]["models"] == ["tiny_ref+seed1"]
-    assert results["candidates"] == ["tiny_cand"]  # the replica is not a candidate
+    assert results["candidates"] == ["tiny_ref+quantize_dynamic"]  # the replica is not a candidate
     # the verdict judges the candidate against the floor; the replica is not judged
     verdict = results["verdict"]
-    assert list(verdict) == ["tiny_cand"]
-    stat = verdict["tiny_cand"]["statistics"]["errors/error_jaccard"]
+    assert list(verdict) == ["tiny_ref+quantize_dynamic"]
+    stat = verdict["tiny_ref+quantize_dynamic"]["statistics"]["errors/error_jaccard"]
     assert stat["mode"] == "noise_floor" and stat["floor_models"] == ["tiny_ref+seed1"]
-    assert verdict["tiny_cand"]["overall"] in ("equivalent", "not_equivalent", "inconclusive")
+    assert verdict["tiny_ref+quantize_dynamic"]["overall"] in ("equivalent", "not_equivalent", "inconclusive")
     assert "noise floor" in (Path(result["output_dir"]) / "report.html").read_text().lower()
 
 
 def test_second_run_reuses_the_replica(floor_run, tiny_bert, synthetic_data_dir):
     tmp, _ = floor_run
-    cfg = compose(
-        "evaluate",
-        tiny_overrides(tmp, tiny_bert, synthetic_data_dir, "noise_floor.seeds=[1]", *FAST),
-    )
+    cfg = compose("evaluate", _floor_overrides(tmp, tiny_bert, synthetic_data_dir))
     result = pipeline.evaluate(cfg)
     assert result["cached"]["tiny_ref+seed1/test"] is True
