@@ -28,6 +28,7 @@ import numpy as np
 
 from trustequiv.characteristic import Characteristic, PairStatistic
 from trustequiv.errors import ConfigError
+from trustequiv.functional.bootstrap import CHUNK_ELEMENTS
 from trustequiv.functional.equivalence import (
     IntervalTest,
     joint_resamples,
@@ -39,10 +40,6 @@ from trustequiv.functional.equivalence import (
     worst,
 )
 from trustequiv.outputs import ModelOutputs
-
-#: resampled elements per array materialised at once (as trustequiv.functional.bootstrap: about 32 MB).
-_CHUNK_ELEMENTS = 1 << 22
-
 
 # ---------------------------------------------------------------------------------------------- settings
 
@@ -205,7 +202,7 @@ def _chunk(statistics: Sequence[PairStatistic], n: int) -> int:
         (int(np.prod(np.asarray(a).shape[1:], dtype=np.int64)) for s in statistics for a in s.arrays),
         default=1,
     )
-    return max(1, _CHUNK_ELEMENTS // (n * max(width, 1)))
+    return max(1, CHUNK_ELEMENTS // (n * max(width, 1)))
 
 
 # ------------------------------------------------------------------------------------------ one statistic

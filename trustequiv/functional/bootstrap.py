@@ -15,7 +15,7 @@ import numpy as np
 from trustequiv.functional.calibration import _to_numpy
 
 #: resampled elements materialised at once by the vectorized path (bounds memory, about 32 MB of float64).
-_CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def bootstrap_indices(
     The chunking does not change the indices (numpy's Generator draws them sequentially).
     """
     rng = np.random.default_rng(seed)
-    rows = chunk if chunk is not None else max(1, _CHUNK_ELEMENTS // max(n, 1))
+    rows = chunk if chunk is not None else max(1, CHUNK_ELEMENTS // max(n, 1))
     done = 0
     while done < n_resamples:
         r = min(rows, n_resamples - done)
@@ -121,7 +121,7 @@ def paired_bootstrap(
     if vectorized:
         estimate = float(np.asarray(statistic(*(a[None] for a in arrs)), dtype=np.float64).reshape(-1)[0])
         width = max(int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrs)
-        chunk = max(1, _CHUNK_ELEMENTS // (n * width))
+        chunk = max(1, CHUNK_ELEMENTS // (n * width))
         parts = [
             np.asarray(statistic(*(a[idx] for a in arrs)), dtype=np.float64).reshape(-1)
             for idx in bootstrap_indices(n, n_resamples, seed, chunk)
