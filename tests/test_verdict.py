@@ -50,7 +50,8 @@ def renamed(out: ModelOutputs, name: str) -> ModelOutputs:
 CHARS = (CalibrationCharacteristic(n_bootstrap=20), ErrorsCharacteristic(n_bootstrap=20))
 #: absolute thresholds as conf/evaluate.yaml's defaults (the settings here stand alone)
 ABSOLUTE = {"errors": {"error_jaccard": 0.5, "flip_rate": 0.10, "agreement": 0.90}}
-SETTINGS = {"n_bootstrap": N_BOOT, "seed": 3, "absolute": ABSOLUTE}
+# min_examples 0: these tests decide on a few dozen examples on purpose (the minimum has its own test)
+SETTINGS = {"n_bootstrap": N_BOOT, "seed": 3, "absolute": ABSOLUTE, "min_examples": 0}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -112,7 +113,10 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else inter / union
 
 
-def test_noise_floor_interval_matches_a_hand_written_loop_bootstrap() -> None:
+@pytest.mark.parametrize("replica_resampling", [True, False])
+def test_noise_floor_interval_matches_a_hand_written_loop_bootstrap(replica_resampling: bool) -> None:
+    """The multi-bootstrap (replicas drawn with replacement, spread-corrected) and the examples-only
+    bootstrap, each against a plain loop over resamples."""
     rng = np.random.default_rng(5)
     n, n_boot, seed, margin = 300, 150, 9, 0.05
     wrong_ref = rng.random(n) < 0.2
@@ -128,7 +132,12 @@ def test_noise_floor_interval_matches_a_hand_written_loop_bootstrap() -> None:
     rep2 = PairStatistic(
         "error_jaccard", "higher", ids[perm], (wrong_ref[perm], reps[1][perm]), _jaccard_rows_for_test
     )
-    settings = VerdictSettings(n_bootstrap=n_boot, seed=seed, margins={"errors/error_jaccard": margin})
+    settings = VerdictSettings(
+        n_bootstrap=n_boot,
+        seed=seed,
+        margins={"errors/error_jaccard": margin},
+        replica_resampling=replica_resampling,
+    )
     entry, notes = judge_statistic(
         "errors/error_jaccard", stat(wrong_ref, cand), {"r1": stat(wrong_ref, reps[0]), "r2": rep2}, settings
     )
@@ -136,11 +145,15 @@ def test_noise_floor_interval_matches_a_hand_written_loop_bootstrap() -> None:
 
     # the loop: one index vector per resample, every pair evaluated on it
     draw = np.random.default_rng(seed)
+    replica_draws = np.random.default_rng([seed, 1]).integers(0, 2, size=(n_boot, 2))
     shortfalls, floors = [], []
-    for _ in range(n_boot):
+    for r in range(n_boot):
         i = draw.integers(0, n, size=n)
         c = _jaccard(wrong_ref[i], cand[i])
-        f = (_jaccard(wrong_ref[i], reps[0][i]) + _jaccard(wrong_ref[i], reps[1][i])) / 2
+        each = [_jaccard(wrong_ref[i], reps[0][i]), _jaccard(wrong_ref[i], reps[1][i])]
+        f = sum(each) / 2
+        if replica_resampling:  # the drawn replicas' mean, its deviation scaled by sqrt(k / (k - 1))
+            f = f + np.sqrt(2.0) * (sum(each[j] for j in replica_draws[r]) / 2 - f)
         shortfalls.append(f - c)
         floors.append(f)
     low, high = np.percentile(shortfalls, [2.5, 97.5])
@@ -154,6 +167,7 @@ def test_noise_floor_interval_matches_a_hand_written_loop_bootstrap() -> None:
     decision = "equivalent" if high <= margin else "not_equivalent" if low > margin else "inconclusive"
     assert entry["decision"] == decision
     assert entry["n_examples"] == n and entry["n_resamples"] == n_boot
+    assert entry["resampling"] == ("examples+replicas" if replica_resampling else "examples")
 
 
 def _jaccard_rows_for_test(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -216,7 +230,11 @@ def test_pair_statistic_estimates_equal_compare_metrics() -> None:
             for name in stats:
                 assert stats[name].estimate() == pytest.approx(metrics[f"{pair}/{name}"], rel=1e-12)
         else:
-            assert set(stats) == {"abs_ece_uniform_diff", "abs_brier_diff"}
+            judged = {"ece_uniform_diff", "brier_diff", "nll_diff"}
+            assert set(stats) == judged | {"abs_ece_uniform_diff", "abs_brier_diff"}
+            assert {n for n, s in stats.items() if s.judged} == judged
+            for name in judged:  # the judged statistics are the compare() differences themselves
+                assert stats[name].estimate() == pytest.approx(metrics[f"{pair}/{name}"], rel=1e-9, abs=1e-12)
             for name, metric in (
                 ("abs_ece_uniform_diff", "ece_uniform_diff"),
                 ("abs_brier_diff", "brier_diff"),
@@ -265,12 +283,19 @@ def test_identical_copy_with_identical_floor_is_equivalent_everywhere() -> None:
         "errors/error_jaccard",
         "errors/flip_rate",
         "errors/agreement",
+        "calibration/ece_uniform_diff",
+        "calibration/brier_diff",
+        "calibration/nll_diff",
         "calibration/abs_ece_uniform_diff",
         "calibration/abs_brier_diff",
     }
     for e in v["statistics"].values():
         assert e["mode"] == "noise_floor" and e["shortfall"] == 0.0 and e["high"] == 0.0
-        assert e["floor_models"] == ["bert+seed1"]
+        assert e["floor_models"] == ["bert+seed1"] and e["resampling"] == "examples"
+    for key in ("calibration/abs_ece_uniform_diff", "calibration/abs_brier_diff"):
+        e = v["statistics"][key]
+        assert e["judged"] is False and e["decision"] is None and "biased" in e["why_not_judged"]
+    assert any("one replica" in n for n in v["notes"])
 
 
 def test_identical_copy_without_floor_is_equivalent_in_absolute_mode() -> None:
@@ -392,7 +417,7 @@ def test_verdict_table_rows() -> None:
     verdict = judge(CHARS, ref, [renamed(ref, "copy")], [renamed(ref, "bert+seed1")], SETTINGS)
     rows = verdict_table(verdict)
     stat_rows = [r for r in rows if r.get("mode")]
-    assert len(stat_rows) == 5
+    assert len(stat_rows) == 8
     r = next(r for r in stat_rows if r["statistic"] == "error_jaccard")
     assert r["characteristic"] == "errors" and r["decision"] == "equivalent"
     assert r["floor"].startswith("1.0000 [") and r["test"].startswith("shortfall 0.0000 [")
@@ -407,3 +432,99 @@ def test_similarity_without_floor_or_threshold_is_inconclusive_with_note() -> No
     assert e["decision"] == "inconclusive" and e["margin"] is None and e["tested"] is None
     assert v["errors"] == v["overall"] == "inconclusive"
     assert any("+verdict.absolute.errors.error_jaccard=<threshold>" in n for n in v["notes"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# several replicas (multi-bootstrap), the minimum number of examples
+
+
+def test_replica_counts_and_floor_resamples() -> None:
+    from trustequiv.functional.equivalence import floor_resamples, replica_counts
+
+    counts = replica_counts(3, 500, seed=4)
+    assert counts.shape == (500, 3) and (counts.sum(axis=1) == 3).all()
+    assert np.array_equal(counts, replica_counts(3, 500, seed=4))  # deterministic given the seed
+    # each replica is drawn 1/k of the time
+    assert counts.mean(axis=0) == pytest.approx([1.0, 1.0, 1.0], abs=0.15)
+    f = np.array([[0.6] * 500, [0.7] * 500, [0.8] * 500])  # replicas constant over example resamples
+    plain = floor_resamples(f, counts, spread_correction=False)
+    assert plain == pytest.approx((counts * np.array([0.6, 0.7, 0.8])).sum(axis=1) / 3)
+    corrected = floor_resamples(f, counts, spread_correction=True)
+    # the corrected draw has the unbiased variance of a mean of 3: s^2 / 3 with s^2 = 0.01
+    assert np.var(corrected) == pytest.approx(0.01 / 3, rel=0.15)
+    assert np.var(plain) == pytest.approx(0.01 / 3 * 2 / 3, rel=0.15)
+    assert np.array_equal(floor_resamples(f, None), f.mean(axis=0))
+    assert np.array_equal(floor_resamples(f[:1], counts[:, :1]), f[0])  # one replica: nothing to draw
+
+
+def test_three_replicas_widen_the_floor_by_their_spread() -> None:
+    """Replicas that disagree with each other put their spread into the interval (examples+replicas)."""
+    rng = np.random.default_rng(2)
+    n = 800
+    wrong_ref = rng.random(n) < 0.2
+    cand = wrong_ref ^ (rng.random(n) < 0.1)
+    reps = {f"r{k}": wrong_ref ^ (rng.random(n) < p) for k, p in enumerate((0.03, 0.1, 0.2))}
+    ids = np.arange(n)
+
+    def stat(b: np.ndarray) -> PairStatistic:
+        return PairStatistic("error_jaccard", "higher", ids, (wrong_ref, b), _jaccard_rows_for_test)
+
+    floor = {k: stat(v) for k, v in reps.items()}
+    entries = {}
+    for resample in (True, False):
+        settings = VerdictSettings(n_bootstrap=400, seed=1, replica_resampling=resample)
+        entries[resample], _ = judge_statistic("errors/error_jaccard", stat(cand), floor, settings)
+    new, old = entries[True], entries[False]
+    assert new["resampling"] == "examples+replicas" and old["resampling"] == "examples"
+    assert new["shortfall"] == pytest.approx(old["shortfall"], rel=1e-12)  # same estimate, wider interval
+    assert new["high"] - new["low"] > 1.5 * (old["high"] - old["low"])
+    assert new["floor_models"] == ["r0", "r1", "r2"]
+
+
+def test_fewer_examples_than_the_minimum_decide_nothing() -> None:
+    ref = make_outputs("bert", n=60)
+    settings = {**SETTINGS, "min_examples": 100}
+    v = judge(CHARS, ref, [renamed(ref, "copy")], [renamed(ref, "bert+seed1")], settings)["copy"]
+    judged = [e for e in v["statistics"].values() if e["judged"]]
+    assert judged and all(e["decision"] == "inconclusive" for e in judged)
+    assert v["overall"] == "inconclusive"
+    assert sum("verdict.min_examples = 100" in n for n in v["notes"]) == len(judged)
+    # the same data with the minimum met: an identical copy is equivalent
+    v = judge(CHARS, ref, [renamed(ref, "copy")], [renamed(ref, "bert+seed1")], SETTINGS)["copy"]
+    assert v["overall"] == "equivalent"
+    with pytest.raises(ConfigError, match="min_examples"):
+        VerdictSettings.from_mapping({"min_examples": -1})
+
+
+def test_candidate_seed_spread_adds_a_recipe_sized_spread() -> None:
+    """The population question: one drawn replica's (spread-corrected) deviation, variance s², is added."""
+    from trustequiv.functional.equivalence import seed_deviation
+
+    f = np.array([[0.6] * 4000, [0.7] * 4000, [0.8] * 4000])
+    dev = seed_deviation(f, seed=3)
+    assert dev.mean() == pytest.approx(0.0, abs=0.01)
+    assert np.var(dev) == pytest.approx(0.01, rel=0.1)  # s^2 of 0.6, 0.7, 0.8
+    with pytest.raises(ValueError, match="2 or more"):
+        seed_deviation(f[:1])
+    rng = np.random.default_rng(2)
+    n = 600
+    wrong_ref = rng.random(n) < 0.2
+    ids = np.arange(n)
+
+    def stat(p: float) -> PairStatistic:
+        return PairStatistic(
+            "error_jaccard",
+            "higher",
+            ids,
+            (wrong_ref, wrong_ref ^ (rng.random(n) < p)),
+            _jaccard_rows_for_test,
+        )
+
+    cand, floor = stat(0.1), {f"r{k}": stat(p) for k, p in enumerate((0.03, 0.1, 0.2))}
+    conditional, _ = judge_statistic("errors/error_jaccard", cand, floor, VerdictSettings(n_bootstrap=300))
+    population, _ = judge_statistic(
+        "errors/error_jaccard", cand, floor, VerdictSettings(n_bootstrap=300, candidate_seed_spread=True)
+    )
+    assert population["resampling"] == "examples+replicas+candidate_seed"
+    assert population["shortfall"] == conditional["shortfall"]
+    assert population["high"] - population["low"] > conditional["high"] - conditional["low"]

@@ -39,6 +39,7 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
+from trustequiv.errors import UserError
 from trustequiv.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class CachePermissionError(PermissionError):
 
 class CacheNotWritableError(PermissionError):
     """The cache directory (``paths.cache_dir``) cannot be written by this user or is on a read-only disk."""
+
+
+class NotAFileError(UserError, IsADirectoryError):
+    """A directory where the cache (or a run) keeps a file. Not moved aside as corruption is: it may hold the
+    user's own files, so the run stops and names it."""
 
 
 def content_key(**parts: Any) -> str:
@@ -94,16 +100,30 @@ def not_readable(path: Path, err: OSError | None = None) -> CachePermissionError
     )
 
 
+def not_a_file(path: Path) -> NotAFileError:
+    """The one-line error for a directory found where a file belongs (``path``)."""
+    return NotAFileError(
+        f"{path} is a directory, where a file belongs",
+        "move that directory elsewhere (or remove it); the file is then made again",
+    )
+
+
 @contextlib.contextmanager
 def _writing(path: Path, fix: str = CACHE_FIX) -> Iterator[None]:
-    """Turn a permission/read-only failure while writing ``path`` into :class:`CacheNotWritableError`."""
+    """Turn a permission/read-only failure while writing ``path`` into :class:`CacheNotWritableError`, a
+    directory in its place into :class:`NotAFileError`; a full disk keeps its OSError (the CLI's one line,
+    :func:`trustequiv.errors.describe`) but gains the path when it lacks one (write() errors name none)."""
     try:
         yield
-    except CacheNotWritableError:
+    except (CacheNotWritableError, NotAFileError):
         raise
     except OSError as err:
         if err.errno in _NOT_WRITABLE or isinstance(err, PermissionError):
             raise not_writable(path, err, fix) from err
+        if err.errno == errno.EISDIR:  # (its filename may be the temporary file os.replace renamed)
+            raise not_a_file(path) from err
+        if err.errno == errno.ENOSPC and not err.filename:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
 
 
@@ -119,14 +139,19 @@ def _check_readable(path: Path) -> None:
             pass
     except PermissionError as err:
         raise not_readable(path, err) from err
+    except IsADirectoryError as err:
+        raise not_a_file(path) from err
 
 
 def _read_bytes(path: Path) -> bytes:
-    """``path``'s bytes. Raises :class:`CachePermissionError` if this user may not read it."""
+    """``path``'s bytes. Raises :class:`CachePermissionError` if this user may not read it,
+    :class:`NotAFileError` if it is a directory."""
     try:
         return path.read_bytes()
     except PermissionError as err:
         raise not_readable(path, err) from err
+    except IsADirectoryError as err:
+        raise not_a_file(path) from err
 
 
 def _exists(path: Path) -> bool:
@@ -152,22 +177,69 @@ def ensure_writable(root: str | Path) -> Path:
     return root
 
 
+def _temp_name(path: Path) -> Path:
+    # Beside ``path`` (os.replace is atomic only within one filesystem); pid and random part: two writers of
+    # one path, in two processes or two threads, never share a temporary file.
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``tensors`` to ``path`` (safetensors) through a temporary file and a rename."""
+    path = Path(path)
+    tmp = _temp_name(path)
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            except Exception as err:  # safetensors reports a full disk as a SafetensorError, not an OSError
+                if "No space left on device" not in str(err) or isinstance(err, OSError):
+                    raise
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (a killed write leaves no half file)."""
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, fix: str = CACHE_FIX, **kwargs: Any) -> Iterator[Any]:
+    """``open(path, mode, **kwargs)`` for writing, made atomic: the block writes a temporary file beside
+    ``path``, renamed over it when the block ends without an exception. A run killed (even ``kill -9``) or
+    failing mid-write leaves the old file whole, or none; never half a file. Text is UTF-8 unless
+    ``encoding`` says otherwise; ``fix`` is what a permission error tells the user to do.
+
+    Raises:
+        CacheNotWritableError: the directory cannot be written. NotAFileError: ``path`` is a directory.
+        OSError: a full disk (with the path; the CLI says so in one line).
+    """
+    if not mode.startswith(("w", "x")):
+        raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', not {mode!r}")
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    path = Path(path)
+    tmp = _temp_name(path)
+    with _writing(path, fix):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open(mode, **kwargs) as fh:
+                yield fh
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind either
+
+
+def atomic_write_text(text: str, path: str | Path, *, fix: str = CACHE_FIX) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename, as :func:`atomic_open` does: a
+    killed or failed write leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = _temp_name(path)
+    with _writing(path, fix):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def quarantine_file(path: Path, err: Exception, corrupt_dir: Path | None = None) -> Path:

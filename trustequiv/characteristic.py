@@ -37,6 +37,10 @@ class PairStatistic:
             the estimate reported in results.json.
         signed: optional signed version for two one-sided tests without a floor (``ΔECE`` for ``|ΔECE|``),
             same calling convention; None when the statistic has no sign.
+        judged: whether the verdict decides on it. A statistic whose interval cannot hold its level
+            (measured in ``benchmarks/verdict_operating.py``) is resampled and reported with
+            ``"decision": null`` and :attr:`why_not_judged`, and takes no part in the worst-of.
+        why_not_judged: the reason, shown in results.json and the report (required when not judged).
     """
 
     name: str
@@ -45,6 +49,12 @@ class PairStatistic:
     arrays: tuple[np.ndarray, ...]
     statistic: Callable[..., np.ndarray]
     signed: Callable[..., np.ndarray] | None = None
+    judged: bool = True
+    why_not_judged: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.judged and not self.why_not_judged:
+            raise ValueError(f"{self.name}: a statistic that is not judged must say why (why_not_judged)")
 
     def estimate(self) -> float:
         """The statistic on all rows (the identity resample)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trustequiv.cache import path_lock
-from trustequiv.models import ModelSpec, resolve_checkpoint
+from trustequiv.cache import distributed_rank, path_lock
+from trustequiv.models import ModelSpec, read_metadata, resolve_checkpoint, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,26 @@ def build_checkpoint(spec: ModelSpec, ctx: Any) -> Path:
     model's base is made first if missing (and, re-fine-tuned, trust against it is logged while it trains:
     ``callbacks.trust``)."""
     from trustequiv.callbacks import trust_callbacks
+    from trustequiv.models import build_compressor, check_model_inputs, local_dir
     from trustequiv.tracking import model_logger
     from trustequiv.training import fine_tune
 
+    compressor = build_compressor(spec.compressor) if spec.compressor else None
     base_checkpoint = None
     if spec.base is not None:
         base_checkpoint = ensure_checkpoint(spec.base, ctx, allow_train=True)
-    return fine_tune(
+    # The models the fine-tuning feeds task.max_length tokens: the base it starts from, or the pretrained
+    # model (a distilled student too, beside its teacher). Refused here, not at the first long text.
+    starts = [base_checkpoint] if base_checkpoint else []
+    if compressor is None or compressor.distills:
+        starts.append(str(local_dir(spec.pretrained, spec.revision)))
+    for start in starts:
+        check_model_inputs(start, ctx.task_cfg, trust_remote_code=spec.trust_remote_code)
+    trains = compressor is None or compressor.finetune
+    untrained = untrained_warning(spec, ctx.trainer_cfg) if trains else None
+    if untrained:
+        log.warning("%s", untrained)
+    out_dir = fine_tune(
         spec,
         ctx.dataset(),
         task_cfg=ctx.task_cfg,
@@ -68,3 +82,28 @@ def build_checkpoint(spec: ModelSpec, ctx: Any) -> Path:
         callbacks=trust_callbacks(spec, base_checkpoint, ctx),
         ctx=ctx,
     )
+    if untrained and distributed_rank() == 0:
+        # Kept with the checkpoint: every run that evaluates it says so (results.json notes, the report).
+        meta = read_metadata(out_dir)
+        write_metadata(out_dir, {**meta, "warnings": [*meta.get("warnings", []), untrained]})
+    return out_dir
+
+
+def untrained_warning(spec: ModelSpec, trainer_cfg: Mapping[str, Any]) -> str | None:
+    """The warning for a fine-tuning that trains nothing (``trainer.max_epochs=0`` or ``max_steps=0``: a new
+    head stays as initialised, at random), None otherwise. Allowed (a smoke test, an untrained baseline)
+    but never silent."""
+    for key in ("max_epochs", "max_steps"):
+        value = trainer_cfg.get(key)
+        if value is not None and not isinstance(value, bool) and int(value) == 0:
+            what = (
+                "its new head is untrained (as initialised, at random)"
+                if spec.base is None
+                else f"it was not fine-tuned after compression (it is {spec.base.name} as compressed)"
+            )
+            return (
+                f"{spec.name} was fine-tuned with trainer.{key}=0: no training step ran, so {what} and its "
+                f"results say little about the model; set trainer.{key} >= 1 and fine-tune it again "
+                "(python train.py ... overwrite=true)"
+            )
+    return None

@@ -98,7 +98,8 @@ def quiet_third_party() -> None:
 
 
 # Config keys that count something (>= 1): 0 or a negative value otherwise fails late, deep in a sampler.
-_POSITIVE_KEYS = ("predict.batch_size", "task.training.batch_size")
+# task.max_length=0 ran to the end, every text truncated to nothing (and a warning that all were truncated).
+_POSITIVE_KEYS = ("predict.batch_size", "task.training.batch_size", "task.max_length")
 # Keys that may also be null (= all examples).
 _POSITIVE_OR_NULL_KEYS = ("limit_examples",)
 
@@ -121,9 +122,11 @@ def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot work before anything is loaded, naming the key: the batch sizes
-    (``predict.batch_size``, ``task.training.batch_size``) must be >= 1;
-    ``limit_examples``, ``limit_ood_examples`` (an int or a mapping of them) and
-    ``characteristic.<name>.n_examples`` must be >= 1 or null. Absent keys are not checked.
+    (``predict.batch_size``, ``task.training.batch_size``) and ``task.max_length`` must be >= 1 (its upper
+    bound is the model's: :func:`trustequiv.models.check_max_length`); ``limit_examples``,
+    ``limit_ood_examples`` (an int or a mapping of them) and ``characteristic.<name>.n_examples`` must be
+    >= 1 or null; ``seed`` a whole number; ``candidates`` null or a list of ``{base, compressor}`` nodes.
+    Absent keys are not checked.
 
     Raises:
         trustequiv.errors.ConfigError: the first value that breaks this (the message names the key).
@@ -133,9 +136,8 @@ def check_config(cfg: DictConfig) -> None:
         if value is None:
             continue
         if not _positive(value):
-            raise _refuse(
-                key, value, null=key in _POSITIVE_OR_NULL_KEYS, example=16 if "batch" in key else 100
-            )
+            example = 16 if "batch" in key else 128 if key == "task.max_length" else 100
+            raise _refuse(key, value, null=key in _POSITIVE_OR_NULL_KEYS, example=example)
     ood = cfg.get("limit_ood_examples")
     items = ood.items() if isinstance(ood, DictConfig) else [(None, ood)]
     for name, value in items:
@@ -146,7 +148,69 @@ def check_config(cfg: DictConfig) -> None:
         value = node.get("n_examples") if isinstance(node, DictConfig) else None
         if value is not None and not _positive(value):
             raise _refuse(f"characteristic.{name}.n_examples", value, null=True, example=100)
+    _check_seed(cfg)
+    _check_candidates(cfg)
     _check_ddp_in_local_sweep(cfg)
+
+
+def _check_seed(cfg: DictConfig) -> None:
+    """``seed`` must be a whole number >= 0 (``int()`` of it failed later without naming the key)."""
+    from trustequiv.errors import ConfigError
+
+    value = cfg.get("seed")
+    if value is None:
+        return
+    whole = not isinstance(value, bool) and isinstance(value, int | float) and float(value).is_integer()
+    if not whole or not 0 <= int(value) < 2**32:
+        raise ConfigError(
+            f"seed={value!r} is not allowed: it must be a whole number from 0 to 2**32-1", "set e.g. seed=42"
+        )
+
+
+_CANDIDATE_FORM = (
+    "each entry of candidates is {base: <model node>, compressor: <compressor node or null>}, e.g. in an "
+    "experiment file: candidates: [{base: ${model}, compressor: ${compressors.quantize_dynamic}}] (see "
+    "conf/experiment/offline_minilm.yaml); for one candidate leave candidates=null and use model=<name> "
+    "[compressor=<name>]"
+)
+
+
+def _check_candidates(cfg: DictConfig) -> None:
+    """``candidates``: null, or a list of ``{base: <model node>, compressor: <compressor node or null>}``
+    (``conf/evaluate.yaml``); anything else failed in the plan with a TypeError.
+
+    Raises:
+        trustequiv.errors.ConfigError: the first entry that is not of that form (named by its index).
+    """
+    from omegaconf import ListConfig
+
+    from trustequiv.errors import ConfigError
+
+    cands = cfg.get("candidates")
+    if cands is None:
+        return
+    if not isinstance(cands, ListConfig):
+        raise ConfigError(f"candidates={cands!r} is not a list of candidates", _CANDIDATE_FORM)
+    for i, entry in enumerate(cands):
+        shown = OmegaConf.to_container(entry) if isinstance(entry, DictConfig | ListConfig) else entry
+        if not isinstance(entry, DictConfig) or "base" not in entry:
+            raise ConfigError(f"candidates[{i}]={shown!r} is not a candidate", _CANDIDATE_FORM)
+        unknown = sorted(str(k) for k in entry if k not in ("base", "compressor"))
+        if unknown:
+            raise ConfigError(f"candidates[{i}] has unknown key(s) {unknown}", _CANDIDATE_FORM)
+        base, compressor = entry.get("base"), entry.get("compressor")
+        if not isinstance(base, DictConfig):
+            raise ConfigError(
+                f"candidates[{i}].base={base!r} is not a model node (the mapping a conf/model/*.yaml file "
+                "holds, e.g. ${model})",
+                _CANDIDATE_FORM,
+            )
+        if compressor is not None and not isinstance(compressor, DictConfig):
+            raise ConfigError(
+                f"candidates[{i}].compressor={compressor!r} is not a compressor node (the mapping a "
+                "conf/compressor/*.yaml file holds, e.g. ${compressors.quantize_dynamic}) or null",
+                _CANDIDATE_FORM,
+            )
 
 
 def _check_ddp_in_local_sweep(cfg: DictConfig) -> None:

@@ -112,6 +112,7 @@ _DEFAULT_FIX: tuple[tuple[type[BaseException], str], ...] = (
         "check the path, or the setting that names it (paths.*, model.checkpoint, model.path)",
     ),
     (FileExistsError, "remove it, or choose another path"),
+    (IsADirectoryError, "move that directory out of the way: a file belongs there"),
     (PermissionError, "give this user access to it, or point the setting that names it (paths.*) elsewhere"),
     (ConnectionError, "check the network, or set HF_HUB_OFFLINE=1 and use local files"),
     (TimeoutError, "check the network, or set HF_HUB_OFFLINE=1 and use local files"),
@@ -206,12 +207,44 @@ def _hydra_config_error(err: BaseException) -> tuple[str, str] | None:
     return split_message(first, "check the command-line overrides (`python evaluate.py --help`)")
 
 
+#: what a full disk tells the user to do: the two directories a run writes to are settings.
+DISK_FULL_FIX = (
+    "free space on that disk, or put the cache (paths.cache_dir=<dir>) or the run dir (hydra.run.dir=<dir>) "
+    "on a disk with room; rerun the same command: what is finished is kept in the cache"
+)
+# A full disk as libraries without an OSError say it (safetensors: "... (os error 28)", Rust's StorageFull).
+_DISK_FULL_TEXT = re.compile(r"No space left on device|StorageFull|os error 28\b", re.IGNORECASE)
+
+
+def _disk_full(err: BaseException) -> tuple[str, str] | None:
+    """``(what, fix)`` when ``err`` or what it wraps is a full disk (``ENOSPC``), naming the directory when
+    the error names a file; ``None`` otherwise."""
+    import errno
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        full = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+        if full or (not isinstance(cause, OSError) and _DISK_FULL_TEXT.search(str(cause))):
+            filename = getattr(cause, "filename", None) if full else None
+            if filename:
+                path = Path(os.fsdecode(filename))
+                what = f"no space left on the disk of {path.parent} (writing {path.name})"
+            else:
+                what = "no space left on the disk (writing the cache, paths.cache_dir, or the run dir)"
+            return what, DISK_FULL_FIX
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def describe(err: BaseException) -> tuple[str, str] | None:
     """``(what, fix)`` for a known failure, ``None`` for anything else (which keeps its traceback).
 
     Known: :class:`UserError` (also when another exception wraps it with ``raise ... from``), Hydra's
-    unknown config names and keys, unset ``???`` values, :class:`FileNotFoundError`,
-    :class:`FileExistsError`, :class:`PermissionError` (the cache's errors included),
+    unknown config names and keys, unset ``???`` values, a full disk (``ENOSPC``, wrapped or not),
+    :class:`FileNotFoundError`, :class:`FileExistsError`, :class:`IsADirectoryError`,
+    :class:`PermissionError` (the cache's errors included),
     :class:`ConnectionError`, :class:`TimeoutError`, :class:`trustequiv.labels.LabelMismatchError`, and
     ValueErrors and ImportErrors raised in this project's code (its checks).
     """
@@ -223,6 +256,9 @@ def describe(err: BaseException) -> tuple[str, str] | None:
     hydra = _hydra_config_error(err)
     if hydra is not None:
         return hydra
+    full = _disk_full(err)  # before the types below: any writer, ours or a library's, may hit it
+    if full is not None:
+        return full
     from trustequiv.labels import LabelMismatchError
 
     if isinstance(err, LabelMismatchError):

@@ -24,6 +24,7 @@ DECISIONS = {
     "equivalent": ("eq", "\u2714"),
     "not_equivalent": ("ne", "\u2718"),
     "inconclusive": ("inc", "?"),
+    "not_judged": ("nj", "\u2013"),
 }
 DIRECTIONS = {
     "correct_to_wrong": "reference right, candidate wrong",
@@ -165,7 +166,9 @@ def _verdict_statistic(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     )
     return {
         "name": name,
-        "mode": str(s.get("mode", "")).replace("_", " "),
+        "mode": " · ".join(
+            str(v).replace("_", " ") for v in (s.get("mode"), None if absolute else s.get("resampling")) if v
+        ),
         "alike": s.get("alike", ""),
         "estimate": _num(s.get("estimate")),
         "ci": _interval(low, high),
@@ -174,7 +177,8 @@ def _verdict_statistic(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
         "test": _tested(s) or ("" if s.get("shortfall") is None else f"shortfall {_num(s['shortfall'])}"),
         "margin": _num(s.get("margin")),
         "n": "" if s.get("n_examples") is None else s["n_examples"],
-        "decision": _decision(s.get("decision")),
+        "decision": _decision(s.get("decision") or "not_judged"),
+        "why_not_judged": s.get("why_not_judged") or "",
     }
 
 
@@ -377,6 +381,7 @@ td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-n
 .eq { background: #dafbe1; color: #116329; border-color: #4ac26b; }
 .ne { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
 .inc { background: #fff8c5; color: #7d4e00; border-color: #d4a72c; }
+.nj { background: #f6f8fa; color: #57606a; border-color: #d0d7de; }
 .unk { background: #eaeef2; color: #24292f; border-color: #afb8c1; }
 .chars > span { margin-right: .8em; }
 .tag { font-size: .8em; color: #57606a; font-style: italic; }
@@ -419,7 +424,7 @@ the tables below give the estimates and their 95% intervals.</p>
 <td class="num">{{ s.estimate }} <span class="ci">{{ s.ci }}</span></td>
 <td class="num">{{ s.floor }} <span class="ci">{{ s.floor_ci }}</span></td>
 <td class="num">{{ s.test }}</td><td class="num">{{ s.margin }}</td><td class="num">{{ s.n }}</td>
-<td>{{ badge(s.decision) }}</td></tr>
+<td{% if s.why_not_judged %} title="{{ s.why_not_judged }}"{% endif %}>{{ badge(s.decision) }}</td></tr>
 {% endfor %}
 </table></div>
 {% endif %}
@@ -551,4 +556,6 @@ def write_html_report(
     **kwargs: Any,
 ) -> None:
     """Write :func:`render_html` to ``path`` (UTF-8); ``kwargs`` go to it."""
-    Path(path).write_text(render_html(results, figures, flips, title, **kwargs), encoding="utf-8")
+    from trustequiv.cache import atomic_write_text  # a killed run leaves the old report or the new one
+
+    atomic_write_text(render_html(results, figures, flips, title, **kwargs), path)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trustequiv.cache import CACHE_FIX, atomic_write_text, not_readable, path_lock, quarantine_file
+from trustequiv.cache import (
+    CACHE_FIX,
+    atomic_write_text,
+    not_a_file,
+    not_readable,
+    path_lock,
+    quarantine_file,
+)
 from trustequiv.compressor import Compressor
 from trustequiv.labels import id2label_names, label_permutation
 
@@ -284,6 +292,8 @@ def _load_memo(memo_file: Path) -> dict[str, str]:
         return {}
     except PermissionError as err:
         raise not_readable(memo_file, err) from err
+    except IsADirectoryError as err:
+        raise not_a_file(memo_file) from err
     try:
         memo = json.loads(raw)
     except ValueError as err:  # JSONDecodeError, or bytes that are not text
@@ -295,10 +305,55 @@ def _load_memo(memo_file: Path) -> dict[str, str]:
     return memo
 
 
+def _memo_key(path: Path, st: os.stat_result) -> str:
+    # Size and mtime alone let a same-size file copied in with its time kept (cp -p, rsync -t, an archive's
+    # fixed times) pass for the old one, which was then served its cached outputs. The inode change time
+    # cannot be set by a user and moves on every write, utime, chmod or rename into place (and rsync or tar
+    # give a new inode), so such a copy gets a new key; at worst a file is hashed again.
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _digest(path: Path, memo: dict[str, str], new: dict[str, str]) -> str:
+    """SHA-256 of ``path``'s bytes: from ``memo`` when its key (:func:`_memo_key`) is there, else hashed
+    and added to ``new``."""
+    key = _memo_key(path, path.stat())
+    digest = memo.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(chunk)
+        digest = new[key] = h.hexdigest()
+    return digest
+
+
+def _save_memo(memo_path: Path | None, new: dict[str, str]) -> None:
+    if new and memo_path is not None:
+        # Re-read under the lock and merge: another run may have added entries since we read it.
+        with path_lock(memo_path, fix=CACHE_FIX):
+            atomic_write_text(json.dumps({**_load_memo(memo_path), **new}), memo_path)
+
+
+def file_digest(path: str | Path, memo_file: str | Path | None = None) -> str:
+    """SHA-256 of one file's bytes, memoised in ``memo_file`` as :func:`fingerprint` does (e.g. an ONNX
+    model's external data).
+
+    Raises:
+        trustequiv.cache.CachePermissionError, trustequiv.cache.CacheNotWritableError: as
+            :func:`fingerprint`.
+    """
+    memo_path = None if memo_file is None else Path(memo_file)
+    new: dict[str, str] = {}
+    digest = _digest(Path(path).resolve(), {} if memo_path is None else _load_memo(memo_path), new)
+    _save_memo(memo_path, new)
+    return digest
+
+
 def fingerprint(directory: str | Path, memo_file: str | Path | None = None) -> str:
     """SHA-256 over the names and bytes of a checkpoint directory's model files (config, weights, tokenizer,
-    trustequiv.json). Memoised by (path, size, mtime) in ``memo_file`` so large weights are hashed once; a
-    malformed memo is set aside and rebuilt, and concurrent runs merge their entries under its lock.
+    trustequiv.json). Memoised in ``memo_file`` by path, size, mtime, ctime and inode (:func:`_memo_key`)
+    so large weights are hashed once; a malformed memo is set aside and rebuilt, and concurrent runs merge
+    their entries under its lock.
 
     Raises:
         trustequiv.cache.CachePermissionError: the memo exists but this user may not read it.
@@ -311,32 +366,190 @@ def fingerprint(directory: str | Path, memo_file: str | Path | None = None) -> s
     outer = hashlib.sha256()
     new: dict[str, str] = {}
     for p in files:
-        st = p.stat()
-        key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
-        digest = memo.get(key)
-        if digest is None:
-            h = hashlib.sha256()
-            with p.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            digest = new[key] = h.hexdigest()
+        digest = _digest(p, memo, new)
         outer.update(p.name.encode())
         outer.update(digest.encode())
-    if new and memo_path is not None:
-        # Re-read under the lock and merge: another run may have added entries since we read it.
-        with path_lock(memo_path, fix=CACHE_FIX):
-            atomic_write_text(json.dumps({**_load_memo(memo_path), **new}), memo_path)
+    _save_memo(memo_path, new)
     return outer.hexdigest()
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """The checkpoint's ``trustequiv.json`` (empty for checkpoints made elsewhere)."""
+    """The checkpoint's ``trustequiv.json`` (empty for checkpoints made elsewhere).
+
+    Raises:
+        trustequiv.errors.CheckpointError: it is not a JSON object (a ValueError, as JSON's own errors).
+    """
+    from trustequiv.errors import CheckpointError
+
     p = Path(directory) / METADATA_FILE
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_bytes())
+    except (ValueError, IsADirectoryError) as err:  # not JSON, not text; a directory of that name
+        data = err
+    if not isinstance(data, dict):
+        why = f"{type(data).__name__}: {_short(data)}" if isinstance(data, Exception) else type(data).__name__
+        raise CheckpointError(
+            f"{p} is not a JSON object of this project's checkpoint metadata ({why})",
+            "restore it from where the checkpoint was made, or delete it if the checkpoint was made "
+            "elsewhere (only checkpoints trained here have one; a compressor recipe in it is then lost)",
+        )
+    return data
+
+
+def _short(err: Any, n: int = 160) -> str:
+    return " ".join(str(err).split())[:n]
+
+
+def load_config(directory: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """``AutoConfig`` of a local checkpoint dir.
+
+    Raises:
+        trustequiv.errors.CheckpointError: its ``config.json`` is not valid JSON or names no model type
+            transformers knows (transformers raises an OSError or ValueError with several lines).
+    """
+    from transformers import AutoConfig
+
+    from trustequiv.errors import CheckpointError
+
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, FileNotFoundError | PermissionError):
+            raise
+        raise CheckpointError(
+            f"{Path(directory) / 'config.json'} is not a usable model config ({type(err).__name__}: "
+            f"{_short(err)})",
+            "restore the checkpoint's config.json (save_pretrained writes it; a hub model's is on its page), "
+            "or point the setting that names the checkpoint (model.checkpoint, model.pretrained) elsewhere",
+        ) from None
+
+
+def load_tokenizer(directory: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer`` of a local checkpoint dir.
+
+    Raises:
+        trustequiv.errors.CheckpointError: it cannot be loaded (e.g. a checkpoint saved without its tokenizer
+            files: transformers then fails deep inside with a TypeError).
+    """
+    from transformers import AutoTokenizer
+
+    from trustequiv.errors import CheckpointError
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except Exception as err:  # TypeError, OSError, ValueError ... by version and tokenizer class
+        if isinstance(err, PermissionError):
+            raise
+        present = sorted(p.name for p in Path(directory).iterdir()) if Path(directory).is_dir() else []
+        raise CheckpointError(
+            f"cannot load a tokenizer from {directory} ({type(err).__name__}: {_short(err, 120)}); it holds "
+            f"{', '.join(present[:8]) or 'nothing'}{' ...' if len(present) > 8 else ''}",
+            "save the tokenizer of the model it was fine-tuned from into it "
+            "(AutoTokenizer.from_pretrained(<that model>).save_pretrained(<this dir>): tokenizer.json or "
+            "vocab files, tokenizer_config.json)",
+        ) from None
 
 
 def write_metadata(directory: str | Path, metadata: dict[str, Any]) -> None:
     (Path(directory) / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+
+
+#: a tokenizer's ``model_max_length`` above this is transformers' "no limit set" placeholder (int(1e30)).
+_NO_TOKENIZER_LIMIT = 1_000_000
+
+
+def _setting(config: Any, *names: str) -> Any:
+    """The first of ``names`` a config (an ``AutoConfig`` or config.json's dict) sets to a positive int."""
+    for name in names:
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def input_limit(directory: str | Path, config: Any) -> tuple[int, str] | None:
+    """``(tokens, where from)``: the longest input the model in ``directory`` takes, the smaller of its
+    position embeddings (``config``: its AutoConfig or config.json's dict) and its tokenizer's
+    ``model_max_length`` when that is a real limit (RoBERTa: 514 positions, 512 tokens); None if neither says.
+    """
+    limits = []
+    positions = _setting(config, "max_position_embeddings", "n_positions", "max_seq_len")
+    if positions:
+        limits.append((positions, f"{positions} position embeddings in its config.json"))
+    try:
+        tok_cfg = json.loads((Path(directory) / "tokenizer_config.json").read_bytes())
+    except (OSError, ValueError):  # absent or unreadable: the tokenizer's load says what is wrong
+        tok_cfg = {}
+    tok = _setting(tok_cfg, "model_max_length") if isinstance(tok_cfg, dict) else None
+    if tok and tok <= _NO_TOKENIZER_LIMIT:
+        limits.append((tok, f"model_max_length={tok} in its tokenizer_config.json"))
+    return min(limits) if limits else None
+
+
+def check_max_length(directory: str | Path, config: Any, task_cfg: Mapping[str, Any]) -> None:
+    """Refuse a ``task.max_length`` above what the model takes (:func:`input_limit`): its position
+    embeddings would be indexed out of range (an IndexError deep in the model, on the first long text).
+
+    Raises:
+        trustequiv.errors.ConfigError: the key, the value and the model's limit.
+    """
+    from trustequiv.errors import ConfigError
+
+    limit = input_limit(directory, config)
+    wanted = task_cfg.get("max_length")
+    if limit is None or wanted is None or int(wanted) <= limit[0]:
+        return
+    raise ConfigError(
+        f"task.max_length={wanted} is more than the model in {directory} takes: at most {limit[0]} tokens "
+        f"({limit[1]})",
+        f"set task.max_length={limit[0]} or less",
+    )
+
+
+def check_layer(directory: str | Path, config: Any, predict_cfg: Mapping[str, Any]) -> None:
+    """Refuse a ``predict.layer`` the model does not have: its hidden states are 0 (the embeddings) to L.
+
+    Raises:
+        trustequiv.errors.ConfigError: the key, the value and the layers there are.
+    """
+    from trustequiv.errors import ConfigError
+
+    n = _setting(config, "num_hidden_layers", "n_layers", "n_layer")
+    layer = predict_cfg.get("layer")
+    if n is None or layer is None:
+        return
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ConfigError(f"predict.layer={layer!r} is not a layer number", "set e.g. predict.layer=-1")
+    if not -(n + 1) <= layer <= n:
+        raise ConfigError(
+            f"predict.layer={layer} is not a layer of the model in {directory}: it has {n} hidden layers, "
+            f"so hidden states 0..{n} (0 = the embeddings) or -{n + 1}..-1 counted from the last",
+            f"set predict.layer to one of those, e.g. predict.layer=-1 (the last) or predict.layer={n // 2}",
+        )
+
+
+def check_model_inputs(
+    directory: str | Path,
+    task_cfg: Mapping[str, Any],
+    predict_cfg: Mapping[str, Any] | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> None:
+    """Where the model and the run's settings meet, before any work: its config.json and trustequiv.json
+    read (a garbage one is named), ``task.max_length`` within its input limit and ``predict.layer`` one of
+    its layers (``predict_cfg`` None: fine-tuning, no embeddings taken).
+
+    Raises:
+        trustequiv.errors.CheckpointError: an unreadable config.json or trustequiv.json.
+        trustequiv.errors.ConfigError: a setting the model cannot take.
+    """
+    config = load_config(directory, trust_remote_code=trust_remote_code)
+    read_metadata(directory)
+    check_max_length(directory, config, task_cfg)
+    if predict_cfg is not None:
+        check_layer(directory, config, predict_cfg)
 
 
 @dataclass
@@ -364,10 +577,7 @@ def checkpoint_label_names(directory: str | Path, declared: list[str] | None = N
     """The checkpoint's class names in logit order: ``declared`` if given, else ``config.id2label``."""
     if declared:
         return list(declared)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(directory)
-    return id2label_names(config.id2label)
+    return id2label_names(load_config(directory).id2label)
 
 
 def load_classifier(
@@ -391,12 +601,14 @@ def load_classifier(
             refusals of :func:`load_checkpoint`.
         trustequiv.labels.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     directory = local_dir(checkpoint, revision)
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    # Before the label names: a QA checkpoint has generic LABEL_0/1 names, and "declare them" is no fix.
+    config = load_config(directory, trust_remote_code=trust_remote_code)
+    # Before the label names: a QA checkpoint has generic LABEL_0/1 names, and "declare them" is no fix; nor
+    # is it for an encoder without a head (its config's default num_labels=2 and LABEL_0/1 say nothing).
     check_architecture(directory, config, AutoModelForSequenceClassification)
+    check_head(directory, config, AutoModelForSequenceClassification, trust_remote_code=trust_remote_code)
     check_num_labels(directory, config.num_labels, label_names, declared_label_names)
     names = checkpoint_label_names(directory, declared_label_names)
     perm = label_permutation(names, label_names)
@@ -502,6 +714,50 @@ def check_weight_files(directory: Path) -> None:
             ) from None
 
 
+def _checkpoint_keys(directory: Path) -> set[str] | None:
+    """The tensor names of the ``*.safetensors`` weights in ``directory`` (headers only), None when the
+    weights are in another format (``.bin``: reading their names means unpickling them)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        return None
+    keys: set[str] = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
+            keys.update(fh.keys())
+    return keys
+
+
+def check_head(directory: Path, config: Any, model_class: Any, *, trust_remote_code: bool = False) -> None:
+    """Refuse, before anything else is asked of it (its label names, its class count), a checkpoint whose
+    weights lack the head ``model_class`` puts on its encoder (a pre-trained encoder such as ``BertModel``):
+    the head's parameter names come from the model built on the meta device (no memory, no weights), its
+    weights' names from the safetensors headers. Checkpoints in another format are checked when they load
+    (:func:`_refuse_new_weights`).
+
+    Raises:
+        trustequiv.errors.CheckpointError: the head's weights are not in the checkpoint.
+    """
+    import torch
+
+    check_weight_files(directory)  # a corrupt file is named as such, not as a missing head
+    have = _checkpoint_keys(directory)
+    if have is None:
+        return
+    try:
+        with torch.device("meta"):
+            model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # a model that cannot be built this way: the check after loading still runs
+        return
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    head = [k for k in model.state_dict() if not k.startswith(prefix)]
+    # A key may be saved with or without the encoder's prefix; head keys have none.
+    missing = [k for k in head if k not in have]
+    if missing and len(missing) == len(head):
+        _refuse_new_weights(directory, model, missing)
+
+
 def _refuse_new_weights(directory: Path, model: nn.Module, missing: list[str]) -> None:
     """Refuse a load that left weights newly (randomly) initialised: the checkpoint lacks them."""
     from trustequiv.errors import CheckpointError
@@ -540,15 +796,16 @@ def load_checkpoint(
             corrupt or truncated weights file (:func:`check_weight_files`) or weights transformers would
             initialise at random (a head that was never fine-tuned).
     """
-    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from trustequiv.errors import CheckpointError
 
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    config = load_config(directory, trust_remote_code=trust_remote_code)
     check_architecture(directory, config, model_class)
     check_weight_files(directory)
     metadata = read_metadata(directory)
+    # Before the weights: a checkpoint saved without its tokenizer fails in a second, not after the load.
+    tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
     recipe = metadata.get("compressor")
     compressor = build_compressor(recipe) if recipe else None  # refuses a crafted recipe before any load
     # transformers warns about newly initialised weights in several lines; the refusal below says it in one.
@@ -568,7 +825,6 @@ def load_checkpoint(
     finally:
         hf_logging.set_verbosity(verbosity)
     _refuse_new_weights(directory, model, list(info.get("missing_keys") or []))
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     cpu_only = False
     if compressor is not None:
         model = compressor.on_load(model)

@@ -159,7 +159,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ),
     )
     ctx = run_context(cfg, plan.task_cfg, dataset=plan.dataset, logger=wb)
-    plan.floor = make_noise_floor(plan.reference, (cfg.get("noise_floor") or {}).get("seeds", "auto"), ctx)
+    plan.floor = make_noise_floor(
+        plan.reference,
+        plain(cfg.get("noise_floor")) or {},
+        ctx,
+        reference_cfg=plan.reference_cfg,
+        taken=[c.name for c in plan.candidates],
+    )
     runners = run_models(plan, ctx)
     if distributed_rank() > 0:  # DDP's other processes helped predict; rank 0 compares and reports
         return {"metrics": {}, "output_dir": str(out_dir), "cached": {}, "seconds": 0.0}

@@ -38,6 +38,7 @@ class Plan:
         ood: ``"<task>/<split>"`` -> (task config, limited rows) of the out-of-distribution sets to score.
         floor: the noise floor's replicas of the reference (:mod:`trustequiv.noise_floor`), compared with the
             reference like candidates but judged apart.
+        reference_cfg: the reference's model config (plain), the base of replicas given as checkpoints.
     """
 
     task_cfg: dict[str, Any]
@@ -49,6 +50,7 @@ class Plan:
     splits: dict[str, Any]
     ood: dict[str, tuple[dict[str, Any], Any]] = field(default_factory=dict)
     floor: NoiseFloor = field(default_factory=NoiseFloor)
+    reference_cfg: dict[str, Any] = field(default_factory=dict)
 
     @property
     def models(self) -> list[ModelSource]:
@@ -222,4 +224,15 @@ def make_plan(cfg: DictConfig) -> Plan:
         name: (t, limit(d, _ood_limit(cfg, name, n), key="limit_ood_examples"))
         for name, (t, d) in ood.items()
     }
-    return Plan(task_cfg, kind, reference, candidates, characteristics, dataset, splits, ood)
+    reference_cfg = dict(plain(model_node(cfg.reference)) or {})
+    return Plan(
+        task_cfg,
+        kind,
+        reference,
+        candidates,
+        characteristics,
+        dataset,
+        splits,
+        ood,
+        reference_cfg=reference_cfg,
+    )

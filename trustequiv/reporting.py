@@ -10,20 +10,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trustequiv.cache import atomic_open, atomic_write_text
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
 
 def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, str] | None = None) -> None:
     """``example_id, gold_label, predicted_label, p_<class>...`` one row per example (labels as names), then
     ``columns`` (CSV header -> key of ``outputs.columns``, e.g. QA's ``predicted_answer``); outputs without
-    scores (an error set) get ``correct`` instead of the prediction and probabilities."""
+    scores (an error set) get ``correct`` instead of the prediction and probabilities.
+
+    Floats are written exactly (the shortest text that reads back as the same double): the file read back
+    (source ``predictions``) gives the run's probabilities, so its statistics and a noise floor built from it
+    are the run's (6 decimals moved them by ~1e-7, and equal-mass ECE bins with them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = outputs.label_names
     extra = {h: k for h, k in (columns or {}).items() if k in outputs.columns}
     scored = outputs.has_scores
-    probs = outputs.probs.numpy() if scored else None
+    probs = outputs.probs.tolist() if scored else None  # float64 softmax of the logits, as metrics see them
     preds = outputs.predictions.tolist() if scored else None
-    with path.open("w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:  # a killed run leaves no half file (kill -9 too)
         w = csv.writer(fh)
         head = ["predicted_label", *[f"p_{n}" for n in names]] if scored else ["correct"]
         w.writerow(["example_id", "gold_label", *head, *extra])
@@ -31,12 +36,12 @@ def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, s
             gold = int(outputs.labels[i])
             row = [eid, names[gold] if gold >= 0 else ""]
             if scored:
-                row += [names[preds[i]], *[f"{p:.6f}" for p in probs[i]]]
+                row += [names[preds[i]], *[repr(p) for p in probs[i]]]
             else:
                 row.append(int(outputs.correct[i]))
             for key in extra.values():
                 v = outputs.columns[key][i]
-                row.append(f"{v:.6f}" if isinstance(v, float) else (int(v) if isinstance(v, bool) else v))
+                row.append(repr(float(v)) if isinstance(v, float) else (int(v) if isinstance(v, bool) else v))
             w.writerow(row)
 
 
@@ -48,7 +53,8 @@ def save_figures(figures: Mapping[str, Any], directory: Path) -> dict[str, Path]
     paths = {}
     for name, fig in figures.items():
         p = directory / f"{name}.png"
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        with atomic_open(p, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=150, bbox_inches="tight")
         plt.close(fig)
         paths[name] = p
     return paths
@@ -60,7 +66,7 @@ def write_per_example(per_example: Mapping[str, Mapping[str, Sequence]], directo
         directory.mkdir(parents=True, exist_ok=True)
         keys = list(cols)
         n = len(cols[keys[0]]) if keys else 0
-        with (directory / f"{name}.csv").open("w", newline="") as fh:
+        with atomic_open(directory / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(keys)
             for i in range(n):
@@ -139,7 +145,7 @@ def pair_findings(metrics: Mapping[str, float], pair: str, min_effect: float = 0
 def write_results(path: Path, metrics: Mapping[str, float], **context: Any) -> None:
     """results.json: flat ``metrics`` plus context (resolved config, model identities, timings)."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    path.write_text(json.dumps({"metrics": clean, **context}, indent=2, default=str))
+    atomic_write_text(json.dumps({"metrics": clean, **context}, indent=2, default=str), path)
 
 
 def write_report(
@@ -179,7 +185,7 @@ def write_report(
         for table_name, rows in res.tables.items():
             if len(rows) <= 40:
                 out += [f"### {table_name}", "", markdown_table(rows), ""]
-    path.write_text("\n".join(out))
+    atomic_write_text("\n".join(out), path)
 
 
 def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
@@ -201,6 +207,15 @@ def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
         for r in rows:
             table.add_row(*[format_cell(r.get(c, ""), c) for c in cols])
         console.print(table)
+
+
+def _floor_origin(plan: Any, name: str) -> str:
+    """Where a noise-floor model came from, in words (results.json ``noise_floor.sources``)."""
+    source = (getattr(plan.floor, "sources", None) or {}).get(name) or {}
+    origin = source.get("from", "seed")
+    if origin == "seed":
+        return "the reference fine-tuned here with another training seed"
+    return f"a replica's {'predictions' if origin == 'predictions' else 'checkpoint'} made elsewhere"
 
 
 def report_run(
@@ -294,10 +309,7 @@ def report_run(
             f"Wall time {seconds} s.",
             f"Reference: `{where[reference.name]}`.",
             *[f"Candidate {c.name}: `{where[c.name]}`." for c in candidates],
-            *[
-                f"Noise floor {r.name} (the reference, another training seed): `{where[r.name]}`."
-                for r in replicas
-            ],
+            *[f"Noise floor {r.name} ({_floor_origin(plan, r.name)}): `{where[r.name]}`." for r in replicas],
             *[f"Note: {note}." for note in plan.floor.notes],
             *[f"Skipped {name}: {reason}." for name, reason in comparison.skipped.items()],
             *[f"**Warning**: {w}" for r in runners for w in r.warnings],

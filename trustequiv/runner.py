@@ -66,6 +66,11 @@ class ModelRunner:
     # -- per model
     def run(self) -> dict[str, ModelOutputs]:
         self.identity = self.source.prepare(self.ctx)
+        # Warnings a checkpoint carries (e.g. fine-tuned with trainer.max_epochs=0): in every run judging it.
+        carried = (self.identity.get("metadata") or {}).get("warnings")
+        for warning in carried if isinstance(carried, list) else []:
+            log.warning("%s", warning)
+            self.warnings.append(str(warning))
         if self.source.final_outputs:
             post = lambda out: out  # noqa: E731 - outputs read as they were made
         else:

@@ -31,10 +31,13 @@ from trustequiv.errors import ConfigError
 from trustequiv.functional.bootstrap import CHUNK_ELEMENTS
 from trustequiv.functional.equivalence import (
     IntervalTest,
+    floor_resamples,
     joint_resamples,
     noninferiority,
     one_sided,
     percentile_interval,
+    replica_counts,
+    seed_deviation,
     shortfall,
     tost,
     worst,
@@ -85,6 +88,18 @@ class VerdictSettings:
         margins: ``"<characteristic>/<statistic>" -> margin`` on the shortfall behind the noise floor.
         absolute: without a floor: ``"<characteristic>/<statistic>" ->`` the TOST margin of a signed
             statistic, or the threshold of a similarity without sign.
+        replica_resampling: with two or more replicas, each resample also draws the replicas with
+            replacement (the multi-bootstrap); False: the floor is the mean over all replicas on every
+            resample (examples resampled only: the floor's seed-to-seed spread is not in the interval).
+        spread_correction: scale the replica draw to the unbiased spread of a mean of ``k`` replicas
+            (:func:`trustequiv.functional.equivalence.floor_resamples`).
+        candidate_seed_spread: answer the population question (is the candidate's *recipe*, re-run with
+            another seed, equivalent?) instead of the conditional one (is *this* candidate?): each resample
+            adds one drawn replica's deviation from the replicas' mean (spread-corrected) to the candidate's
+            statistic, taking the candidate's seed-to-seed spread to be the reference recipe's. Needs 2+
+            replicas; docs/verdict.md gives its operating characteristics.
+        min_examples: fewer shared examples than this decide nothing: every decision is ``inconclusive``
+            with a note (0: no minimum). The default is justified in docs/verdict.md.
     """
 
     enabled: bool = True
@@ -94,6 +109,10 @@ class VerdictSettings:
     default_margin: float = 0.01
     margins: Mapping[str, float] = field(default_factory=dict)
     absolute: Mapping[str, float] = field(default_factory=dict)
+    replica_resampling: bool = True
+    spread_correction: bool = True
+    candidate_seed_spread: bool = False
+    min_examples: int = 100
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any] | None) -> VerdictSettings:
@@ -117,7 +136,15 @@ class VerdictSettings:
             default_margin=float(s.get("default_margin", cls.default_margin)),
             margins=_flatten(s.get("margins"), "verdict.margins"),
             absolute=_flatten(s.get("absolute"), "verdict.absolute"),
+            replica_resampling=bool(s.get("replica_resampling", cls.replica_resampling)),
+            spread_correction=bool(s.get("spread_correction", cls.spread_correction)),
+            candidate_seed_spread=bool(s.get("candidate_seed_spread", cls.candidate_seed_spread)),
+            min_examples=int(s.get("min_examples", cls.min_examples)),
         )
+        if out.min_examples < 0:
+            raise ConfigError(
+                f"verdict.min_examples = {out.min_examples} is negative", "set e.g. verdict.min_examples=100"
+            )
         if not 0.5 < out.confidence < 1.0:
             raise ConfigError(
                 f"verdict.confidence = {out.confidence} is outside (0.5, 1)",
@@ -230,21 +257,40 @@ def _empty_entry(candidate: PairStatistic, floor: Mapping[str, PairStatistic], n
         "level": None,
         "margin": None,
         "mode": "noise_floor" if floor else "absolute",
-        "decision": "inconclusive",
+        "resampling": "examples",
+        "decision": "inconclusive" if candidate.judged else None,
+        "judged": candidate.judged,
+        "why_not_judged": candidate.why_not_judged or None,
         "alike": candidate.alike,
         "n_examples": n,
         "n_resamples": 0,
     }
 
 
+def resampling_of(n_replicas: int, settings: VerdictSettings) -> str:
+    """``"examples+replicas"`` when the floor's replicas are drawn in each resample, else ``"examples"``."""
+    if not (settings.replica_resampling and n_replicas >= 2):
+        return "examples"
+    return "examples+replicas+candidate_seed" if settings.candidate_seed_spread else "examples+replicas"
+
+
 def _floor_test(
     key: str, alike: str, est: np.ndarray, res: np.ndarray, settings: VerdictSettings
 ) -> tuple[IntervalTest, dict[str, Any]]:
-    """Non-inferiority of row 0 (the candidate) against the mean of the other rows (the replicas)."""
-    floor_est, floor_res = float(np.mean(est[1:])), res[1:].mean(axis=0)
+    """Non-inferiority of row 0 (the candidate) against the mean of the other rows (the replicas), the
+    replicas drawn with replacement in each resample when :func:`resampling_of` says so."""
+    k, n_res = est.shape[0] - 1, res.shape[1]
+    counts = replica_counts(k, n_res, settings.seed) if resampling_of(k, settings) != "examples" else None
+    floor_est = float(np.mean(est[1:]))
+    floor_res = floor_resamples(res[1:], counts, settings.spread_correction)
     f_low, f_high, _, _ = percentile_interval(floor_res, settings.confidence)
     sf = float(shortfall(est[0], floor_est, alike))
-    test = noninferiority(sf, shortfall(res[0], floor_res, alike), settings.margin(key), settings.confidence)
+    cand_res = res[0]
+    if settings.candidate_seed_spread and k >= 2:
+        cand_res = cand_res + seed_deviation(res[1:], settings.seed)
+    test = noninferiority(
+        sf, shortfall(cand_res, floor_res, alike), settings.margin(key), settings.confidence
+    )
     fields = {"floor": floor_est, "floor_low": f_low, "floor_high": f_high, "shortfall": sf}
     return test, {k: _num(v) for k, v in fields.items()}
 
@@ -256,12 +302,15 @@ def judge_statistic(
 
     Args:
         key: ``"<characteristic>/<statistic>"`` (the margin's key).
-        candidate: the (reference, candidate) statistic.
+        candidate: the (reference, candidate) statistic. One with ``judged=False`` is resampled and
+            reported as any other, with ``decision`` None.
         floor: replica name -> the same statistic of (reference, replica); empty: absolute mode.
         settings: validated settings.
 
     Returns:
-        ``(entry, notes)``: the results.json entry (see :func:`judge`) and sentences for the notes.
+        ``(entry, notes)``: the results.json entry (see :func:`judge`) and sentences for the notes. Fewer
+        shared examples than ``settings.min_examples`` give ``inconclusive`` (with a note), whatever the
+        interval says.
 
     Raises:
         ValueError: a malformed PairStatistic (duplicate ids, arrays not one row per id).
@@ -270,6 +319,7 @@ def judge_statistic(
     ids, rows = shared_rows(pairs, key)
     n = int(ids.shape[0])
     entry, notes = _empty_entry(candidate, floor, n), []
+    entry["resampling"] = resampling_of(len(floor), settings)
     dropped = {name: len(s.example_ids) - n for name, s in zip(["candidate", *floor], pairs, strict=True)}
     if any(dropped.values()):
         lost = ", ".join(f"{name} pair {d}" for name, d in dropped.items() if d)
@@ -302,6 +352,15 @@ def judge_statistic(
         test = one_sided(est[0], res[0], bound, candidate.alike, settings.confidence)
         entry["tested"] = "statistic"
     entry.update(_test_fields(test))
+    if not candidate.judged:
+        entry["decision"] = None
+    elif n < settings.min_examples:
+        entry["decision"] = "inconclusive"
+        notes.append(
+            f"{key}: {n} shared examples, fewer than verdict.min_examples = {settings.min_examples}: "
+            f"inconclusive whatever the interval says (its bootstrap level does not hold on so few; "
+            f"docs/verdict.md)."
+        )
     return entry, notes
 
 
@@ -360,10 +419,25 @@ def _judge_candidate(
             entry, entry_notes = judge_statistic(key, stat, replicas, settings)
             statistics[key] = entry
             notes.extend(entry_notes)
-            decisions.append(entry["decision"])
-        judged[char.name] = worst(decisions)
+            if entry["judged"]:
+                decisions.append(entry["decision"])
+            else:
+                notes.append(f"{key}: reported, not judged ({entry['why_not_judged']}).")
+        if decisions:
+            judged[char.name] = worst(decisions)
+        else:
+            notes.append(f"{char.name}: not judged (none of its statistics is judged).")
     if not judged:
         notes.append("No characteristic could be judged; overall inconclusive.")
+    n_floor = max((len(e["floor_models"]) for e in statistics.values()), default=0)
+    if n_floor == 1:
+        notes.append(
+            "The noise floor has one replica: its intervals cover the sampling of examples, not how another "
+            "seed would have fallen (the floor's seed-to-seed spread), so the decisions err towards "
+            "'equivalent' at the margin; give it 3 or more (noise_floor.n_auto=3 or "
+            "noise_floor.seeds=[1,2,3])."
+        )
+    notes = list(dict.fromkeys(notes))  # one note per fact, however many statistics share it
     return {
         "overall": worst(judged.values()) if judged else "inconclusive",
         **judged,
@@ -443,7 +517,8 @@ def verdict_table(verdict: Mapping[str, Any]) -> list[dict[str, Any]]:
     Columns: ``candidate``, ``characteristic``, ``statistic``, ``mode``, ``estimate`` (float or None),
     ``interval`` (the estimate's interval), ``floor`` (``"mean [low, high]"`` or ``""``), ``test`` (the
     tested quantity with its interval and level, e.g. ``"shortfall 0.0120 [0.0050, 0.0190] (95%)"``),
-    ``margin`` (float, or None without a threshold), ``decision``.
+    ``margin`` (float, or None without a threshold), ``resampling`` (``examples`` or
+    ``examples+replicas``), ``decision`` (``"not judged"`` for a statistic reported without a decision).
     """
     rows: list[dict[str, Any]] = []
     for cand, res in verdict.items():
@@ -466,7 +541,8 @@ def verdict_table(verdict: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "floor": _with_interval(e["floor"], e["floor_low"], e["floor_high"]),
                     "test": test,
                     "margin": "" if e["margin"] is None else e["margin"],
-                    "decision": e["decision"],
+                    "resampling": e.get("resampling", ""),
+                    "decision": e["decision"] or "not judged",
                 }
             )
         for char, v in res.items():

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from trustequiv.checkpoints import ensure_checkpoint
-from trustequiv.models import ModelSpec, fingerprint, local_dir, read_metadata, resolve_checkpoint
+from trustequiv.models import (
+    ModelSpec,
+    check_model_inputs,
+    fingerprint,
+    local_dir,
+    read_metadata,
+    resolve_checkpoint,
+)
 from trustequiv.outputs import ModelOutputs
 from trustequiv.sources import ModelHandle, ModelSource, RunContext
 from trustequiv.splits import split_fingerprint
@@ -83,6 +90,10 @@ class HFSource(ModelSource):
         self.spec = with_zoo(self.spec, self.model_cfg, ctx.task_cfg["name"], ctx.models_dir)
         checkpoint = ensure_checkpoint(self.spec, ctx, allow_train=ctx.allow_train)
         self.directory = local_dir(checkpoint, self.spec.revision)
+        # Before hashing and predicting: a setting the model cannot take, or a garbage config, in one line.
+        check_model_inputs(
+            self.directory, ctx.task_cfg, ctx.predict_cfg, trust_remote_code=self.spec.trust_remote_code
+        )
         self.fingerprint = fingerprint(self.directory, ctx.memo_file)
         return {
             "checkpoint": str(self.directory),

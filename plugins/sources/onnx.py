@@ -58,8 +58,17 @@ import torch
 
 from trustequiv.cache import atomic_save, path_lock
 from trustequiv.data import TOKEN_KEYS, LengthSortedBatchSampler, encode_split, pad_features, pad_id_of
+from trustequiv.errors import CheckpointError
 from trustequiv.labels import id2label_names, label_permutation
-from trustequiv.models import METADATA_FILE, check_name, fingerprint, read_metadata
+from trustequiv.models import (
+    METADATA_FILE,
+    check_max_length,
+    check_name,
+    file_digest,
+    fingerprint,
+    load_tokenizer,
+    read_metadata,
+)
 from trustequiv.module import pool
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key, unique_rows
@@ -135,10 +144,20 @@ def external_data_files(onnx_file: Path) -> list[Path]:
     Raises:
         ValueError: a location that is absolute or leaves that directory (nothing a file names outside it
             is ever read). FileNotFoundError: a named data file is missing.
+        trustequiv.errors.CheckpointError: the file is not a readable ONNX model (truncated, empty, other).
     """
     import onnx
 
-    proto = onnx.load(str(onnx_file), load_external_data=False)
+    try:
+        proto = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError (truncated, not ONNX), or an OSError reading it
+        if isinstance(err, PermissionError | FileNotFoundError):
+            raise
+        raise not_an_onnx_model(
+            onnx_file, f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+        ) from None
+    if not proto.graph.node or not proto.graph.output:  # protobuf reads an empty file as an empty model
+        raise not_an_onnx_model(onnx_file, "no graph in it: empty, or another kind of file")
     names: set[str] = set()
     for tensor in _tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -159,30 +178,19 @@ def external_data_files(onnx_file: Path) -> list[Path]:
     return files
 
 
+def not_an_onnx_model(onnx_file: Path, why: str) -> CheckpointError:
+    """The one-line error for a ``.onnx`` file that onnx or onnxruntime cannot read."""
+    return CheckpointError(
+        f"{onnx_file} is not a readable ONNX model ({why}): truncated, or not an .onnx export",
+        "copy or download it again whole, point model.path at another .onnx file, or export it here with "
+        "model.export_from (e.g. model=minilm_onnx)",
+    )
+
+
 def _file_digest(path: Path, memo_file: Path | None) -> str:
-    """SHA-256 of ``path``'s bytes, memoised in ``memo_file`` by (path, size, mtime) as
-    :func:`trustequiv.models.fingerprint` does."""
-    st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    memo: dict[str, str] = {}
-    if memo_file is not None and Path(memo_file).exists():
-        try:
-            memo = json.loads(Path(memo_file).read_text())
-        except (OSError, json.JSONDecodeError):
-            memo = {}
-    if key in memo:
-        return memo[key]
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    memo[key] = h.hexdigest()
-    if memo_file is not None:
-        Path(memo_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{memo_file}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_file)
-    return memo[key]
+    """SHA-256 of ``path``'s bytes, memoised in ``memo_file`` as :func:`trustequiv.models.fingerprint` does
+    (one memo key, so a same-size copy with its mtime kept is hashed again here too)."""
+    return file_digest(path, memo_file)
 
 
 def onnx_fingerprint(onnx_file: Path, data_files: Sequence[Path], memo_file: Path | None = None) -> str:
@@ -205,14 +213,35 @@ def model_label_names(directory: Path, declared: Sequence[str] | None) -> list[s
     """
     if declared:
         return [str(n) for n in declared]
-    config = directory / "config.json"
-    id2label = json.loads(config.read_text()).get("id2label") if config.is_file() else None
+    id2label = read_config_json(directory).get("id2label")
     if not id2label:
         raise ValueError(
             f"{directory}: no config.json with id2label beside the ONNX model: set model.label_names to the "
             "class names in logit order"
         )
     return id2label_names(id2label)
+
+
+def read_config_json(directory: Path) -> dict[str, Any]:
+    """``config.json`` beside the ONNX model, read as JSON (nothing it names is loaded); ``{}`` if absent.
+
+    Raises:
+        trustequiv.errors.CheckpointError: it is not a JSON object.
+    """
+    config = directory / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        data = json.loads(config.read_bytes())
+    except ValueError as err:  # not JSON, not text
+        data = err
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{config} is not a JSON object ({' '.join(str(data).split())[:120]})",
+            "restore it (save_pretrained writes it), or delete it and set model.label_names to the class "
+            "names in logit order",
+        )
+    return data
 
 
 def open_session(onnx_file: Path, threads: int | None = None):
@@ -224,7 +253,12 @@ def open_session(onnx_file: Path, threads: int | None = None):
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
     if threads:
         options.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(onnx_file), options, providers=[PROVIDER])
+    try:
+        return ort.InferenceSession(str(onnx_file), options, providers=[PROVIDER])
+    except Exception as err:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail ... (no common base)
+        if isinstance(err, OSError):
+            raise
+        raise not_an_onnx_model(onnx_file, " ".join(str(err).split())[:160]) from None
 
 
 # --------------------------------------------------------------------------------------------------- runtime
@@ -256,10 +290,8 @@ class OnnxModel:
             ValueError: the graph takes an input other than the token features, or its logits have another
                 number of classes than ``label_names``.
         """
-        from transformers import AutoTokenizer
-
         session = open_session(onnx_file, threads)
-        tokenizer = AutoTokenizer.from_pretrained(str(onnx_file.parent), trust_remote_code=False)
+        tokenizer = load_tokenizer(onnx_file.parent, trust_remote_code=False)
         inputs = {}
         for inp in session.get_inputs():
             if inp.name not in TOKEN_KEYS:
@@ -662,7 +694,8 @@ class OnnxSource(ModelSource):
 
         Raises:
             ValueError: neither ``path`` nor ``export_from`` set, another task kind, an unsafe external
-                data location, missing label names.
+                data location, missing label names; a CheckpointError for a file that is not an ONNX model
+                or a garbage config.json, a ConfigError for a ``task.max_length`` above the model's.
             ImportError: onnx or onnxruntime is not installed (``pip install -e '.[onnx]'``).
             FileNotFoundError: the file, its tokenizer or its external data is missing; or the checkpoint to
                 export is missing and ``train_missing`` is false (the message names the command).
@@ -685,6 +718,7 @@ class OnnxSource(ModelSource):
                 "tokenizer.save_pretrained(<dir>)"
             )
         data_files = external_data_files(onnx_file)
+        check_max_length(directory, read_config_json(directory), ctx.task_cfg)
         self.model_labels = model_label_names(directory, self.label_names)
         label_permutation(self.model_labels, list(ctx.task_cfg["label_names"]))  # mismatch: fail before work
         self.onnx_file = onnx_file

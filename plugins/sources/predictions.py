@@ -13,10 +13,12 @@ Config (``conf/model/predictions.yaml``):
       = unlabelled), ``predicted_label`` (ignored: argmax of the probabilities), ``p_<class>`` per class
       (probabilities, any column order; classes matched by name to the task's ``label_names``), and the task
       kind's extra columns (``TaskKind.csv_columns``, e.g. extractive QA's ``predicted_answer``, ``exact``,
-      ``f1``) which go to ``ModelOutputs.columns``. Logits are read as ``log p`` (softmax gives back p);
-      a p of 0 (below the file's rounding) is read as ``prob_floor``. ``correct`` is read from a
-      ``correct`` column (0/1) when present, else from ``exact`` (extractive QA's exact match). A CSV with
-      ``correct`` and no ``p_`` columns (what write_predictions writes for an error set) has no scores.
+      ``f1``) which go to ``ModelOutputs.columns``. Logits are read as ``log p`` in float64, so softmax gives
+      back p to ~1e-16: a run's own CSV (written exactly) read back gives that run's statistics, and a noise
+      floor from it the floor the run had. A p of 0 (below the file's rounding) is read as ``prob_floor``.
+      ``correct`` is read from a ``correct`` column (0/1) when present, else from ``exact`` (extractive QA's
+      exact match). A CSV with ``correct`` and no ``p_`` columns (what write_predictions writes for an error
+      set) has no scores.
     - an **error set** (``.json``): a JSON list of the ids of the examples answered wrongly, as paper B
       released them; every other example of the split is correct; no scores (``logits`` None).
 - ``embeddings`` (optional): pooled embeddings ``(N, D)``: a ``.safetensors`` file with tensors
@@ -29,7 +31,7 @@ Config (``conf/model/predictions.yaml``):
 - ``ids``: how the files' ids are read: ``auto`` (integers when every id is one, else question ids),
   ``id`` (the task's int ``id``) or ``qid`` (the split's ``qid`` column, e.g. SQuAD question ids, mapped
   to int ids as the SQuAD loader numbers them).
-- ``prob_floor``: the probability a ``0`` is read as (default 1e-7, below write_predictions' 6 decimals).
+- ``prob_floor``: the probability a ``0`` is read as (default 1e-7), so ``log p`` stays finite.
 
 Relative paths are read from the directory the command runs in. Each evaluated set must be covered: a
 predictions file or embeddings file lacking some of its ids is an error (naming how many and the file); rows
@@ -64,7 +66,7 @@ KEYS = frozenset({"source", "name", "path", "embeddings", "embedding_ids", "ood"
 ID_MODES = ("auto", "id", "qid")
 #: Column types of known extra CSV columns (the rest stay strings: answer texts may look like numbers).
 COLUMN_TYPES = {"exact": int, "f1": float, "correct": int}
-#: How far a row of p_ columns may sum from 1 (6-decimal rounding moves it by at most C * 5e-7).
+#: How far a row of p_ columns may sum from 1 (a file rounded to 6 decimals is off by at most C * 5e-7).
 SUM_TOLERANCE = 1e-3
 #: Ids quoted in an error message.
 SHOWN = 5
@@ -457,7 +459,8 @@ class PredictionsSource(ModelSource):
             if read.probs is not None:
                 order = self._class_order(read.classes, label_names, files.path, task_cfg["name"])
                 probs = read.probs[rows][:, order]
-                logits = torch.from_numpy(np.log(np.maximum(probs, self.prob_floor)).astype(np.float32))
+                # float64, not the usual float32: float32 log p would move p by ~1e-7 (only a 0 is floored)
+                logits = torch.from_numpy(np.log(np.where(probs > 0, probs, self.prob_floor)))
             if read.correct is not None:
                 correct = read.correct[rows]
             columns = {k: [v[r] for r in rows.tolist()] for k, v in read.columns.items()}

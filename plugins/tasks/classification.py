@@ -16,7 +16,7 @@ import torch
 
 from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data import EncodedSplit, TaskDataModule, encode_split
-from trustequiv.models import ModelSpec, load_classifier, local_dir
+from trustequiv.models import ModelSpec, load_classifier, load_tokenizer, local_dir
 from trustequiv.module import SequenceClassifier
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows, cached_prediction, output_key
@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 def new_classifier(spec: ModelSpec, task_cfg: Mapping[str, Any]):
     """``(model, tokenizer)``: ``spec.pretrained`` with a new classification head over the task's labels."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     label_names = list(task_cfg["label_names"])
     directory = local_dir(spec.pretrained, spec.revision)
+    tokenizer = load_tokenizer(directory, trust_remote_code=spec.trust_remote_code)  # first: fails at once
     id2label = dict(enumerate(label_names))
     model = AutoModelForSequenceClassification.from_pretrained(
         directory,
@@ -42,7 +43,6 @@ def new_classifier(spec: ModelSpec, task_cfg: Mapping[str, Any]):
         ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on another task brings a head of another size
         trust_remote_code=spec.trust_remote_code,
     )
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=spec.trust_remote_code)
     return model, tokenizer
 
 

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data import LengthSortedBatchSampler
 from trustequiv.functional.squad import best_null_threshold, postprocess_question, squad_v2_scores
-from trustequiv.models import LoadedModel, load_checkpoint, local_dir
+from trustequiv.models import LoadedModel, load_checkpoint, load_tokenizer, local_dir
 from trustequiv.module import SequenceClassifier
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key
@@ -483,13 +483,13 @@ def predict_qa_outputs(
 
 # ---------------------------------------------------------------- fine-tuning
 def _new_qa_model(pretrained: str, revision: str | None, trust_remote_code: bool):
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
     directory = local_dir(pretrained, revision)
+    tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)  # first: fails in a second
     model = AutoModelForQuestionAnswering.from_pretrained(
         directory, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code
     )
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
 

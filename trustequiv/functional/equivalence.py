@@ -21,6 +21,12 @@ Three decisions, each ``"equivalent"``, ``"not_equivalent"`` or ``"inconclusive"
 - :func:`one_sided` (no floor, similarity without sign such as a Jaccard): one one-sided test at level α
   against an absolute threshold, read from the same ``1 - 2α`` interval.
 
+With several replicas the floor's interval must also cover how another seed would have fallen: each resample
+draws the replicas with replacement as well as the examples (:func:`replica_counts`,
+:func:`floor_resamples`; the multi-bootstrap of Sellam et al. 2022, "The MultiBERTs", ICLR, code
+google-research/language ``multiberts/multibootstrap.py``), with the small-sample correction of the replica
+draw described in :func:`floor_resamples`.
+
 Resamples where a statistic is NaN/inf (an empty class, a constant vector) are dropped, as in
 :func:`trustequiv.functional.bootstrap.paired_bootstrap`; with no finite resample the decision is
 ``"inconclusive"``.
@@ -126,6 +132,92 @@ def joint_resamples(
         for idx in bootstrap_indices(n, int(n_resamples), seed, chunk)
     ]
     return estimates, np.concatenate(parts, axis=1)
+
+
+def replica_counts(k: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """How often each of ``k`` replicas is drawn, with replacement, in each resample.
+
+    The draws come from a stream of their own (``default_rng([seed, 1])``), so the example indices of
+    :func:`joint_resamples` with the same ``seed`` are unchanged, and every statistic and candidate of a run
+    sees the same replica draws.
+
+    Args:
+        k: replicas (>= 1); n_resamples: resamples (>= 1); seed: the verdict's seed.
+
+    Returns:
+        ``(n_resamples, k)`` int64 counts, each row summing to ``k``.
+
+    Raises:
+        ValueError: ``k < 1`` or ``n_resamples < 1``.
+    """
+    if k < 1 or n_resamples < 1:
+        raise ValueError(f"replica_counts needs k >= 1 and n_resamples >= 1, got k={k}, n={n_resamples}")
+    draws = np.random.default_rng([int(seed), 1]).integers(0, k, size=(int(n_resamples), k))
+    counts = np.zeros((int(n_resamples), k), dtype=np.int64)
+    np.add.at(counts, (np.arange(int(n_resamples))[:, None], draws), 1)
+    return counts
+
+
+def floor_resamples(
+    replicas: np.ndarray, counts: np.ndarray | None, spread_correction: bool = True
+) -> np.ndarray:
+    """The noise floor on each resample: the mean statistic of the replicas drawn in it.
+
+    Args:
+        replicas: ``(k, R)`` the statistic of each (reference, replica) pair on each example resample.
+        counts: ``(R, k)`` replica draws (:func:`replica_counts`), or None for the mean over all replicas on
+            every resample (examples resampled only; with ``k == 1`` the two are the same).
+        spread_correction: scale each resample's deviation of the drawn mean from the all-replica mean by
+            ``sqrt(k / (k - 1))``. Drawing ``k`` of ``k`` values with replacement gives their mean a
+            variance of ``(k - 1)/k · s²/k`` (``s²`` the replicas' sample variance), a third too small at
+            ``k = 3``; the scaled deviation has the unbiased ``s²/k`` (the usual adjustment of the
+            bootstrap's first stage with few clusters: Davison & Hinkley 1997, *Bootstrap Methods and their
+            Application*, section 3.8).
+
+    Returns:
+        ``(R,)`` float64. NaN where a drawn replica's statistic is NaN on that resample.
+
+    Raises:
+        ValueError: ``counts`` not ``(R, k)``.
+    """
+    f = np.asarray(replicas, dtype=np.float64)
+    k, r = f.shape
+    full = f.mean(axis=0)
+    if counts is None or k == 1:
+        return full
+    c = np.asarray(counts)
+    if c.shape != (r, k):
+        raise ValueError(f"replica counts must be ({r}, {k}), got {c.shape}")
+    with np.errstate(invalid="ignore"):
+        drawn = np.where(c > 0, f.T, 0.0) * c
+        drawn = drawn.sum(axis=1) / k
+    if spread_correction:
+        drawn = full + np.sqrt(k / (k - 1)) * (drawn - full)
+    return drawn
+
+
+def seed_deviation(replicas: np.ndarray, seed: int = 0) -> np.ndarray:
+    """One seed's deviation from the recipe's mean on each resample, for a candidate taken as one draw of its
+    recipe: replica ``j_r`` drawn uniformly (stream ``default_rng([seed, 2])``), ``sqrt(k/(k-1)) ·
+    (f[j_r, r] - mean_j f[j, r])``, whose variance is the replicas' unbiased ``s²``. Added to the candidate's
+    resampled statistic it puts a seed-to-seed spread like the reference recipe's into the shortfall (the
+    population question; :class:`trustequiv.verdict.VerdictSettings` ``candidate_seed_spread``).
+
+    Args:
+        replicas: ``(k, R)`` the replicas' statistic on each resample, ``k >= 2``.
+
+    Returns:
+        ``(R,)`` float64.
+
+    Raises:
+        ValueError: fewer than 2 replicas.
+    """
+    f = np.asarray(replicas, dtype=np.float64)
+    k, r = f.shape
+    if k < 2:
+        raise ValueError(f"a seed's deviation needs 2 or more replicas, got {k}")
+    pick = np.random.default_rng([int(seed), 2]).integers(0, k, size=r)
+    return np.sqrt(k / (k - 1)) * (f[pick, np.arange(r)] - f.mean(axis=0))
 
 
 def shortfall(candidate: np.ndarray, floor: np.ndarray, alike: Alike) -> np.ndarray:
