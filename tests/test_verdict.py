@@ -276,9 +276,20 @@ def test_errors_without_scores_have_no_agreement_statistic() -> None:
 
 def test_identical_copy_with_identical_floor_is_equivalent_everywhere() -> None:
     ref = make_outputs("bert")
-    verdict = judge(CHARS, ref, [renamed(ref, "copy")], [renamed(ref, "bert+seed1")], SETTINGS)
-    v = verdict["copy"]
+    floor = [renamed(ref, "bert+seed1"), renamed(ref, "bert+seed2")]
+    v = judge(CHARS, ref, [renamed(ref, "copy")], floor, SETTINGS)["copy"]
     assert v["overall"] == v["errors"] == v["calibration"] == "equivalent"
+    assert all(e["resampling"] == "examples+replicas" for e in v["statistics"].values())
+    assert not any("one replica" in n for n in v["notes"])
+    # one replica: calibration (seed-dominated) is reported without a decision, errors still decide
+    verdict = judge(CHARS, ref, [renamed(ref, "copy")], floor[:1], SETTINGS)
+    v = verdict["copy"]
+    assert "calibration" not in v and v["overall"] == v["errors"] == "equivalent"
+    e = v["statistics"]["calibration/brier_diff"]
+    assert e["decision"] is None and e["judged"] is False and "2 or more" in e["why_not_judged"]
+    assert e["estimate"] == 0.0 and e["high"] == 0.0  # still resampled and reported
+    verdict = judge(CHARS, ref, [renamed(ref, "copy")], floor[:1], SETTINGS)
+    v = verdict["copy"]
     assert set(v["statistics"]) == {
         "errors/error_jaccard",
         "errors/flip_rate",

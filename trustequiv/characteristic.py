@@ -41,6 +41,10 @@ class PairStatistic:
             (measured in ``benchmarks/verdict_operating.py``) is resampled and reported with
             ``"decision": null`` and :attr:`why_not_judged`, and takes no part in the worst-of.
         why_not_judged: the reason, shown in results.json and the report (required when not judged).
+        min_replicas: with a noise floor of fewer replicas than this, the statistic is reported without a
+            decision: its seed-to-seed spread dominates and one replica cannot measure it (calibration's
+            signed differences: ``benchmarks/verdict_operating.py`` measured 9-24% ``equivalent`` at the
+            margin with one replica, at most 1.5% with three).
     """
 
     name: str
@@ -51,6 +55,7 @@ class PairStatistic:
     signed: Callable[..., np.ndarray] | None = None
     judged: bool = True
     why_not_judged: str = ""
+    min_replicas: int = 1
 
     def __post_init__(self) -> None:
         if not self.judged and not self.why_not_judged:

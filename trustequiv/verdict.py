@@ -354,6 +354,15 @@ def judge_statistic(
     entry.update(_test_fields(test))
     if not candidate.judged:
         entry["decision"] = None
+    elif floor and len(floor) < candidate.min_replicas:
+        entry.update(
+            decision=None,
+            judged=False,
+            why_not_judged=(
+                f"a floor of {len(floor)} replica cannot measure this statistic's seed-to-seed spread; "
+                f"it is judged against {candidate.min_replicas} or more (noise_floor.n_auto=3)"
+            ),
+        )
     elif n < settings.min_examples:
         entry["decision"] = "inconclusive"
         notes.append(

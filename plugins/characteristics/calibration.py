@@ -244,7 +244,8 @@ class CalibrationCharacteristic(Characteristic):
         """For the verdict, on the shared labelled examples (all alike = lower; cand − ref):
 
         Judged (signed, so that the shortfall behind a noise floor is the candidate's value minus the
-        replicas' mean, and the absolute path is a TOST on the difference itself):
+        replicas' mean, and the absolute path is a TOST on the difference itself; against a floor of one
+        replica they are reported without a decision, ``min_replicas=2``):
 
         - ``ece_uniform_diff`` = ECE_cand − ECE_ref with equal-width bins (``n_bins`` as configured; =
           :meth:`compare`'s metric of that name). Equal-width edges do not depend on the sample, so each
@@ -280,10 +281,16 @@ class CalibrationCharacteristic(Characteristic):
             negative_log_likelihood(p_cand, y, reduction="none"),
         )
         ece_diff = partial(_ece_diff_rows, n_bins=self.n_bins)
+        # a model's calibration moves much from seed to seed: judged against a floor of 2+ replicas only
+        signed = {"min_replicas": 2}
         return [
-            PairStatistic("ece_uniform_diff", "lower", ids, ece_arrays_t, ece_diff, signed=ece_diff),
-            PairStatistic("brier_diff", "lower", ids, briers, _mean_diff_rows, signed=_mean_diff_rows),
-            PairStatistic("nll_diff", "lower", ids, nlls, _mean_diff_rows, signed=_mean_diff_rows),
+            PairStatistic(
+                "ece_uniform_diff", "lower", ids, ece_arrays_t, ece_diff, signed=ece_diff, **signed
+            ),
+            PairStatistic(
+                "brier_diff", "lower", ids, briers, _mean_diff_rows, signed=_mean_diff_rows, **signed
+            ),
+            PairStatistic("nll_diff", "lower", ids, nlls, _mean_diff_rows, signed=_mean_diff_rows, **signed),
             PairStatistic(
                 "abs_ece_uniform_diff",
                 "lower",
