@@ -612,9 +612,9 @@ class Plan:
 
 
 def _head(stat: PairStatistic, n: int) -> PairStatistic:
-    """The statistic on its first ``n`` rows (ids ``0 .. n-1``, in order), force-judged: also those the verdict
-    reports without a decision (|ΔECE|; calibration's signed differences against one replica), so the tables
-    show why."""
+    """The statistic on its first ``n`` rows (ids ``0 .. n-1``, in order), force-judged: also those the
+    verdict reports without a decision (|ΔECE|; calibration's signed differences against one replica), so
+    the tables show why."""
     return dataclasses.replace(
         stat,
         example_ids=stat.example_ids[:n],
