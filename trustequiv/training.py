@@ -342,12 +342,15 @@ def _resume_point(staging: Path, identity: Mapping[str, Any], name: str) -> Resu
     return point
 
 
-def optimizer_settings(training: Mapping[str, Any]) -> dict[str, float]:
-    """AdamW settings of a task's ``training`` block (learning rate, weight decay, warmup share)."""
+def optimizer_settings(training: Mapping[str, Any]) -> dict[str, float | bool]:
+    """AdamW settings of a task's ``training`` block (learning rate, weight decay, warmup share, and the
+    opt-in ``fused_adamw``: AdamW's fused kernel, the same update up to float rounding; absent = False, so
+    a task config without the key fine-tunes, and fingerprints, exactly as before)."""
     return {
         "learning_rate": float(training["learning_rate"]),
         "weight_decay": float(training.get("weight_decay", 0.01)),
         "warmup_ratio": float(training.get("warmup_ratio", 0.1)),
+        "fused_adamw": bool(training.get("fused_adamw", False)),
     }
 
 
