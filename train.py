@@ -4,14 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 from trustequiv.cli import setup, train_job
-from trustequiv.errors import run
+from trustequiv.user_errors import run
 
 setup()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.errors).
+    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.user_errors).
     train_job(cfg)
 
 

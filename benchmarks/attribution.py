@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from plugins.characteristics.attribution import explainers
 from plugins.characteristics.attribution.perturb import WordFeatures
-from trustequiv.sampling import sample_positions as select_examples
-from trustequiv.scorer import TorchTextScorer as BatchedPredictor  # the attribution predictor, now the scorer
+from trustequiv.data.sampling import sample_positions as select_examples
+from trustequiv.models.scorer import (
+    TorchTextScorer as BatchedPredictor,  # the attribution predictor, now the scorer
+)
 
 
 def naive_predict(model, tokenizer, perm, batch_size=256, max_length=128):
@@ -136,7 +138,7 @@ def main() -> None:
     import hydra
     from omegaconf import OmegaConf
 
-    from trustequiv.models import load_classifier
+    from trustequiv.models.loading import load_classifier
 
     torch.manual_seed(0)
     cfg = OmegaConf.load("conf/task/mrpc.yaml")

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from trustequiv.distillation import DistillationModule, DistillTerms, TeacherTargets
+from trustequiv.train.distillation import DistillationModule, DistillTerms, TeacherTargets
 
 
 def build_teacher(kind: str) -> nn.Module:

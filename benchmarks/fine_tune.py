@@ -1,10 +1,13 @@
 """Fine-tuning throughput (measured, not asserted) of the project's real fine-tuning path, against its bound.
 
 Each way trains the same model from the same initial weights on the same batches: the first ``--warmup`` +
-``--steps`` batches of epoch 0 of what :func:`trustequiv.training.fine_tune` trains on (the task's
-``fit_inputs``: the split tokenized once, :class:`~trustequiv.data.BucketBatchSampler` batches of the task's
-``training.batch_size``, :class:`~trustequiv.data.PadCollator` padding each batch to its longest sequence,
-``max_length`` from ``conf/task/<task>.yaml``), through :class:`~trustequiv.module.SequenceClassifier`
+``--steps`` batches of epoch 0 of what :func:`trustequiv.train.fine_tune.fine_tune` trains on (the task's
+``fit_inputs``: the split tokenized once, :class:`~trustequiv.data.batches.BucketBatchSampler` batches of the
+task's
+``training.batch_size``, :class:`~trustequiv.data.batches.PadCollator` padding each batch to its longest
+sequence,
+``max_length`` from ``conf/task/<task>.yaml``), through
+:class:`~trustequiv.train.lightning_module.SequenceClassifier`
 (forward, loss, backward, gradient clipping at the trainer's ``gradient_clip_val``, AdamW step, schedule)
 in a Lightning ``Trainer`` made from the experiment's trainer config. Timed: the ``--steps`` steps after
 the warm-up, data loading and Lightning's hooks included (no validation, no checkpoint, no progress bar).
@@ -220,9 +223,10 @@ def _timed(ends: list[tuple[float, float]], batches, losses, warmup: int) -> Run
 
 
 def run_lightning(way: str, model, task_cfg, trainer_cfg, datamodule, n_steps: int, warmup: int) -> Run:
-    """One way through a Lightning ``Trainer`` (:func:`trustequiv.runtime.make_trainer`, as fine-tuning)."""
+    """One way through a Lightning ``Trainer`` (:func:`trustequiv.train.trainer.make_trainer`, as
+    fine-tuning)."""
     from plugins.tasks.classification import RECIPE
-    from trustequiv.runtime import make_trainer
+    from trustequiv.train.trainer import make_trainer
 
     module = RECIPE.make_module(model, task_cfg)
     module.fused_adamw = way not in ("loop", "bf16")
@@ -343,9 +347,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     hf_logging.set_verbosity_error()
 
     from plugins.tasks.classification import fit_inputs, new_classifier
-    from trustequiv.models import ModelSpec
-    from trustequiv.pipeline import load_task_data
-    from trustequiv.plan import plain
+    from trustequiv.models.loading import ModelSpec
+    from trustequiv.run.pipeline import load_task_data
+    from trustequiv.run.plan import plain
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(args.task, args.data_dir, f"{tmp}/run")

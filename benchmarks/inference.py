@@ -43,8 +43,8 @@ def bench_padding(task: str, n: int, batch_size: int, data_dir: str) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trustequiv.config import register_resolvers
-    from trustequiv.data import LengthSortedBatchSampler, PadCollator, encode_split
-    from trustequiv.pipeline import load_task_data
+    from trustequiv.data.batches import LengthSortedBatchSampler, PadCollator, encode_split
+    from trustequiv.run.pipeline import load_task_data
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -111,7 +111,7 @@ def bench_cache(task: str, n: int, data_dir: str) -> None:
     from hydra import compose, initialize_config_dir
 
     from trustequiv.config import register_resolvers
-    from trustequiv.pipeline import evaluate
+    from trustequiv.run.pipeline import evaluate
 
     register_resolvers()
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,8 +148,8 @@ def bench_cache(task: str, n: int, data_dir: str) -> None:
             cfg = compose("evaluate", overrides)
         if (ckpt / "config.json").exists():
             # The quantized candidate is built from the checkpoint once, outside the timing.
-            from trustequiv.models import ModelSpec
-            from trustequiv.training import fine_tune
+            from trustequiv.models.loading import ModelSpec
+            from trustequiv.train.fine_tune import fine_tune
 
             spec = ModelSpec.from_config(cfg.model, cfg.compressor)
             fine_tune(

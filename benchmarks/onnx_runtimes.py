@@ -1,7 +1,8 @@
 """Candidate runtimes on the CPU (measured, not asserted), same texts, same run, same batching:
 torch fp32, ONNX Runtime fp32, ONNX Runtime int8 (``quantize_dynamic``, QInt8 MatMul weights) and torch.ao
 int8 (``plugins.compressors.quantize.QuantizeDynamic``). Each is a text scorer
-(:class:`trustequiv.scorer.TorchTextScorer` / :class:`plugins.sources.onnx.OnnxTextScorer`): length-sorted
+(:class:`trustequiv.models.scorer.TorchTextScorer` / :class:`plugins.sources.onnx.OnnxTextScorer`):
+length-sorted
 dynamically padded batches of ``--batch-tokens`` padded tokens. Prints examples/s (best of ``--repeats``
 after a warm-up), the largest probability difference from torch fp32 and the share of equal predictions.
 
@@ -83,9 +84,9 @@ def main() -> None:
     from plugins.compressors.quantize import QuantizeDynamic
     from plugins.sources.onnx import OnnxModel, OnnxTextScorer, export_classifier
     from trustequiv.config import register_resolvers
-    from trustequiv.models import load_classifier
-    from trustequiv.pipeline import load_task_data
-    from trustequiv.scorer import TorchTextScorer
+    from trustequiv.models.loading import load_classifier
+    from trustequiv.models.scorer import TorchTextScorer
+    from trustequiv.run.pipeline import load_task_data
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ and the ``k`` replicas are independent seeds of the recipe; the candidate is ano
 errors statistics, an over-confidence factor ``gamma`` (``beta_s -> gamma·beta_s``, which leaves every
 prediction as it was) for the calibration statistics. Every model's outputs go through the real
 characteristics (``ErrorsCharacteristic``, ``CalibrationCharacteristic(n_bins=10)``) and the real
-``trustequiv.verdict.judge_statistic``.
+``trustequiv.verdict.verdict.judge_statistic``.
 
 The truths (all with n -> infinity: a statistic's population value is that of infinitely many examples, e.g.
 ECE is ``sum_b |P(bin b)(acc_b - conf_b)|`` over the 10 equal-width bins of the population; the finite-sample
@@ -88,7 +88,7 @@ from plugins.characteristics.calibration import CalibrationCharacteristic
 from plugins.characteristics.errors import ErrorsCharacteristic
 from trustequiv.characteristic import PairStatistic
 from trustequiv.outputs import ModelOutputs
-from trustequiv.verdict import VerdictSettings, judge_statistic
+from trustequiv.verdict.verdict import VerdictSettings, judge_statistic
 
 # ------------------------------------------------------------------------------------------- statistics
 

@@ -17,6 +17,7 @@ from conftest import compose, tiny_overrides
 from plugins.characteristics import adversarial as adv
 from plugins.characteristics.adversarial import Adversarial, read_jsonl, reusable_under_budget, runner
 from plugins.characteristics.adversarial import characteristic as adv_char
+from trustequiv.data.sampling import sample_positions
 from trustequiv.functional.adversarial import (
     attack_summary,
     attacked_set_jaccard,
@@ -25,9 +26,8 @@ from trustequiv.functional.adversarial import (
     success_rate,
     transfer_rate,
 )
+from trustequiv.models.scorer import TorchTextScorer
 from trustequiv.outputs import ModelOutputs
-from trustequiv.sampling import sample_positions
-from trustequiv.scorer import TorchTextScorer
 
 FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
 
@@ -141,8 +141,8 @@ def test_examples_are_the_shared_sample_in_id_order():
 def test_wrapper_counts_queries_through_the_scorer(tiny_bert):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from trustequiv.models import LoadedModel
-    from trustequiv.sources import ModelHandle
+    from trustequiv.models.loading import LoadedModel
+    from trustequiv.models.source import ModelHandle
 
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
@@ -174,7 +174,7 @@ def write_tiny_mlm(directory: Path, tiny_bert: Path) -> Path:
 
 
 def _test_split(cfg):
-    from trustequiv.plan import load_task_data
+    from trustequiv.run.plan import load_task_data
 
     return load_task_data(cfg)["test"]
 
@@ -182,7 +182,7 @@ def _test_split(cfg):
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory, tiny_bert, synthetic_data_dir):
     """Tiny reference + int8 candidate through the pipeline with the adversarial characteristic."""
-    from trustequiv import pipeline
+    from trustequiv.run import pipeline
 
     tmp = tmp_path_factory.mktemp("adv")
     mlm = write_tiny_mlm(tmp / "mlm", tiny_bert)
@@ -208,7 +208,7 @@ def attacked(tmp_path_factory, tiny_bert, synthetic_data_dir):
 
 def test_wrapper_returns_the_cached_predictor_probabilities(attacked):
     from plugins.characteristics.adversarial.wrapper import textattack_wrapper
-    from trustequiv.models import load_classifier
+    from trustequiv.models.loading import load_classifier
 
     tmp, cfg, result = attacked
     split = _test_split(cfg)
@@ -247,7 +247,7 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
     from textattack.metrics import AttackQueries, AttackSuccessRate, WordsPerturbed
 
     from plugins.characteristics.adversarial.wrapper import TextClassifier, textattack_wrapper
-    from trustequiv.models import load_classifier
+    from trustequiv.models.loading import load_classifier
 
     tmp, cfg, _ = attacked
     split = _test_split(cfg).select(range(10))
@@ -287,7 +287,7 @@ def test_attack_summary_agrees_with_textattack_metrics(attacked, tiny_bert):
 
 def _reference_on_test(tmp, cfg):
     """The test split, the tiny reference's handle, and placeholder outputs in the split's order."""
-    from trustequiv.models import load_classifier
+    from trustequiv.models.loading import load_classifier
 
     split = _test_split(cfg)
     model = TorchTextScorer.handle(

@@ -13,12 +13,12 @@ from matplotlib.figure import Figure
 from test_attribution_perturb import HYPOTHESIS, PREMISE, tiny_classifier
 
 from plugins.characteristics.attribution import IgAttribution, LimeAttribution, ShapAttribution
+from trustequiv.data.sampling import sample_positions
 from trustequiv.functional.attribution import ALIGNMENT_METRICS
-from trustequiv.models import LoadedModel
+from trustequiv.models.loading import LoadedModel
+from trustequiv.models.scorer import TorchTextScorer
+from trustequiv.models.source import ModelHandle
 from trustequiv.outputs import ModelOutputs
-from trustequiv.sampling import sample_positions
-from trustequiv.scorer import TorchTextScorer
-from trustequiv.sources import ModelHandle
 
 TASK = {"name": "toy_pair", "label_names": ["negative", "positive"], "pair": True, "max_length": 32}
 FAST = {"n_bootstrap": 50, "n_figure_examples": 2}
@@ -166,7 +166,7 @@ def test_pipeline_single_text_task_and_cache(tmp_path, tiny_bert, synthetic_data
     from conftest import compose, forbid, tiny_overrides
 
     from plugins.characteristics import attribution
-    from trustequiv import pipeline
+    from trustequiv.run import pipeline
 
     cfg = compose(
         "evaluate",

@@ -11,7 +11,7 @@ import torch
 
 from plugins.characteristics.attribution import explainers
 from plugins.characteristics.attribution.perturb import WordFeatures, example_seed
-from trustequiv.scorer import TorchTextScorer
+from trustequiv.models.scorer import TorchTextScorer
 
 PREMISE = ["the movie was good and the plot was great", "a dull film", "it is a lovely story , really"]
 HYPOTHESIS = ["the film was good", "the movie is awful and the acting poor", "nice"]

@@ -9,9 +9,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from trustequiv.characteristic import Characteristic
-from trustequiv.compressor import Compressor
 from trustequiv.config import available
-from trustequiv.plan import build_characteristics, model_node, model_sources
+from trustequiv.models.compressor import Compressor
+from trustequiv.run.plan import build_characteristics, model_node, model_sources
 
 BASE = ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none"]
 

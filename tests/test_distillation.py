@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from conftest import compose, tiny_overrides, write_classifier, write_tiny_bert
 from torch import nn
 
-from trustequiv import pipeline, training
-from trustequiv.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
 from trustequiv.functional import distillation as D
 from trustequiv.functional.representation import linear_cka
-from trustequiv.module import SequenceClassifier
+from trustequiv.run import pipeline
+from trustequiv.train import fine_tune as training
+from trustequiv.train.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
+from trustequiv.train.lightning_module import SequenceClassifier
 
 
 def _logits(seed: int, b: int = 8, c: int = 3) -> torch.Tensor:
@@ -308,7 +309,7 @@ def _distill_cfg(tmp: Path, tiny: Path, data: Path, teacher: Path, *extra: str, 
 
 
 def _n_train(cfg) -> int:
-    from trustequiv.plan import load_task_data
+    from trustequiv.run.plan import load_task_data
 
     return len(load_task_data(cfg)["train"])
 

@@ -2,7 +2,8 @@
 exit status 2 (the traceback only with HYDRA_FULL_ERROR=1); anything else keeps its traceback.
 
 The entry points run in a subprocess for what happens around Hydra (config composition, the exit status, the
-one line); the rest goes through ``pipeline.evaluate`` and :func:`trustequiv.errors.one_line`, the handler
+one line); the rest goes through ``pipeline.evaluate`` and :func:`trustequiv.user_errors.one_line`, the
+handler
 the entry points use."""
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, compose, tiny_overrides
 
-from trustequiv import errors, pipeline
+from trustequiv import user_errors as errors
 from trustequiv.cache import not_readable, not_writable
 from trustequiv.config import available, check_config
-from trustequiv.errors import HubUnreachableError, UserError, one_line
+from trustequiv.run import pipeline
+from trustequiv.user_errors import HubUnreachableError, UserError, one_line
 
 LABELS = ["negative", "positive"]
 # No server listens on the discard port of the loopback interface: connection refused at once.
@@ -217,14 +219,14 @@ def test_encoder_without_a_fine_tuned_head_is_refused(tmp_path, tiny_bert, synth
 
 
 def test_the_fine_tuned_classifier_loads(ckpts):
-    from trustequiv.models import load_classifier
+    from trustequiv.models.loading import load_classifier
 
     assert load_classifier(str(ckpts["classifier"]), LABELS).label_permutation == [0, 1]
 
 
 def test_fine_tuning_still_starts_from_an_encoder_with_a_new_head(tiny_bert):
     from plugins.tasks.classification import new_classifier
-    from trustequiv.models import ModelSpec
+    from trustequiv.models.loading import ModelSpec
 
     model, _ = new_classifier(ModelSpec("m", str(tiny_bert)), {"label_names": LABELS})
     assert model.config.num_labels == 2
@@ -232,7 +234,7 @@ def test_fine_tuning_still_starts_from_an_encoder_with_a_new_head(tiny_bert):
 
 # ------------------------------------------------------------------------------------------ config values
 def test_limit_examples_and_n_examples_come_out_as_one_line(tmp_path, tiny_bert, synthetic_data_dir):
-    from trustequiv.sampling import sample_positions
+    from trustequiv.data.sampling import sample_positions
 
     _, line = _evaluate_error(tiny_overrides(tmp_path, tiny_bert, synthetic_data_dir, "limit_examples=0"))
     assert "limit_examples" in line  # sampling's own check, raised in pipeline.evaluate
@@ -323,7 +325,7 @@ def test_unreachable_hub_stops_before_the_hub_clients(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub import constants
 
-    from trustequiv.models import local_dir
+    from trustequiv.models.loading import local_dir
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", DEAD_ENDPOINT)

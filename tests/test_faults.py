@@ -22,12 +22,12 @@ import pytest
 import torch
 from conftest import REPO, compose, tiny_overrides, write_classifier
 
-from trustequiv import pipeline
 from trustequiv.cache import NotAFileError, OutputCache, atomic_open, atomic_save, atomic_write_text
 from trustequiv.config import check_config
-from trustequiv.errors import CheckpointError, ConfigError, one_line
-from trustequiv.models import check_model_inputs, file_digest, fingerprint
+from trustequiv.models.loading import check_model_inputs, file_digest, fingerprint
 from trustequiv.outputs import ModelOutputs
+from trustequiv.run import pipeline
+from trustequiv.user_errors import CheckpointError, ConfigError, one_line
 
 LABELS = ("negative", "positive")
 
@@ -119,7 +119,7 @@ def test_max_length_above_the_model_is_refused_naming_its_limit(tmp_path, classi
 def test_max_length_is_checked_before_predicting_and_before_fine_tuning(
     tmp_path, tiny_bert, synthetic_data_dir, classifier, monkeypatch
 ):
-    from trustequiv import training
+    from trustequiv.train import fine_tune as training
 
     _, line = _evaluate_error(
         tmp_path, tiny_bert, synthetic_data_dir, "task.max_length=512", reference=classifier
@@ -194,7 +194,10 @@ def test_every_run_and_sweep_file_is_written_atomically(tmp_path, monkeypatch):
     """results.json, report.md, report.html, predictions and per-example CSVs, and the sweep's files: with
     the final rename failing (where a kill would stop), each still holds its old content."""
     import trustequiv.cache as cache
-    from trustequiv import html_report, reporting, sweep, sweep_report
+    from trustequiv.report import html as html_report
+    from trustequiv.report import run_report as reporting
+    from trustequiv.report import sweep
+    from trustequiv.report import sweep_html as sweep_report
 
     names = ["results.json", "report.md", "report.html", "pred.csv", "per/x.csv"]
     names += [sweep.RESULTS, sweep.VERDICT_CSV, sweep.REPORT]
@@ -246,7 +249,7 @@ def test_unreadable_onnx_file_is_one_line(tmp_path, tiny_bert, kind):
     """Before: protobuf's DecodeError (or onnxruntime's InvalidProtobuf / InvalidGraph) with a traceback."""
     pytest.importorskip("onnxruntime")
     from plugins.sources import onnx as onnx_source
-    from trustequiv.task_kind import task_kind
+    from trustequiv.data.task_kind import task_kind
 
     d = tmp_path / "onnx_model"
     shutil.copytree(tiny_bert, d, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -432,7 +435,7 @@ def test_full_disk_names_the_directory_and_the_settings(tmp_path, monkeypatch):
         return real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_run_dir)
-    from trustequiv.reporting import write_results
+    from trustequiv.report.run_report import write_results
 
     with pytest.raises(OSError) as info:
         write_results(tmp_path / "run" / "results.json", {"a/b/c": 1.0})

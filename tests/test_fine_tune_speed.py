@@ -14,10 +14,10 @@ from conftest import REPO, compose, tiny_overrides
 from lightning.pytorch.callbacks import Callback
 
 from plugins.tasks.classification import RECIPE, fit_inputs, new_classifier
-from trustequiv import pipeline
-from trustequiv.models import ModelSpec
-from trustequiv.plan import plain
-from trustequiv.runtime import make_trainer
+from trustequiv.models.loading import ModelSpec
+from trustequiv.run import pipeline
+from trustequiv.run.plan import plain
+from trustequiv.train.trainer import make_trainer
 
 STEPS = 6
 MAX_LENGTH = 32

@@ -16,9 +16,9 @@ from conftest import compose, tiny_overrides, write_classifier, write_tiny_bert
 from datasets import Dataset
 from PIL import Image
 
-from trustequiv import pipeline
-from trustequiv.html_report import flipped_examples, render_html, write_html_report
 from trustequiv.outputs import ModelOutputs
+from trustequiv.report.html import flipped_examples, render_html, write_html_report
+from trustequiv.run import pipeline
 
 NAMES = ("negative", "positive")
 EVIL = "<script>alert('x')</script> & \"quoted\""
@@ -129,7 +129,7 @@ def results(verdict: bool = True) -> dict:
                 "calibration": "inconclusive",
                 "representation": "equivalent",
                 "statistics": {
-                    "errors/error_jaccard": {  # as trustequiv.verdict.judge writes it
+                    "errors/error_jaccard": {  # as trustequiv.verdict.verdict.judge writes it
                         "estimate": 0.5,
                         "estimate_low": 0.45,
                         "estimate_high": 0.55,

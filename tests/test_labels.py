@@ -1,9 +1,9 @@
-"""trustequiv.labels: label names matched by name, never by position."""
+"""trustequiv.data.labels: label names matched by name, never by position."""
 
 import numpy as np
 import pytest
 
-from trustequiv.labels import (
+from trustequiv.data.labels import (
     DEFAULT_ALIASES,
     LabelMismatchError,
     best_label_permutation,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import compose, tiny_overrides
 
-from trustequiv import pipeline
-from trustequiv.errors import ConfigError, one_line
-from trustequiv.models import read_metadata
-from trustequiv.noise_floor import auto_seeds, make_noise_floor, wanted_seeds
-from trustequiv.plan import make_plan, plain
+from trustequiv.models.loading import read_metadata
+from trustequiv.run import pipeline
+from trustequiv.run.plan import make_plan, plain
+from trustequiv.user_errors import ConfigError, one_line
+from trustequiv.verdict.noise_floor import auto_seeds, make_noise_floor, wanted_seeds
 
 FAST = ["trainer.max_epochs=3", "task.training.learning_rate=5e-3"]
 
@@ -75,7 +75,7 @@ def test_no_floor_for_a_checkpoint_made_elsewhere(tmp_path, tiny_bert, synthetic
 
 
 def test_predictions_source_has_no_floor(tmp_path):
-    from trustequiv.sources import build_source
+    from trustequiv.models.source import build_source
 
     source = build_source({"name": "elsewhere", "source": "predictions", "path": str(tmp_path / "p.csv")})
     replica, why = source.replica(1, ctx=None)

@@ -13,13 +13,13 @@ import torch
 from conftest import write_classifier
 
 from plugins.sources.predictions import PredictionsSource
-from trustequiv.errors import ConfigError, MissingFileError, one_line
-from trustequiv.models import check_name
-from trustequiv.noise_floor import FloorSettings, floor_name, make_noise_floor
+from trustequiv.data.task_kind import task_kind
+from trustequiv.models.loading import check_name
+from trustequiv.models.source import RunContext, build_source
 from trustequiv.outputs import ModelOutputs
-from trustequiv.reporting import write_predictions
-from trustequiv.sources import RunContext, build_source
-from trustequiv.task_kind import task_kind
+from trustequiv.report.run_report import write_predictions
+from trustequiv.user_errors import ConfigError, MissingFileError, one_line
+from trustequiv.verdict.noise_floor import FloorSettings, floor_name, make_noise_floor
 
 LABELS = ("negative", "neutral", "positive")
 TASK = {"name": "toy", "kind": "classification", "label_names": list(LABELS)}

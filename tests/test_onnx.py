@@ -16,9 +16,9 @@ pytest.importorskip("onnx")
 import onnxruntime
 
 from plugins.sources import onnx as onnx_source
-from trustequiv import pipeline
-from trustequiv.plan import make_plan
-from trustequiv.sources import build_source
+from trustequiv.models.source import build_source
+from trustequiv.run import pipeline
+from trustequiv.run.plan import make_plan
 
 ONNX_CANDIDATES = ("tiny_ref+onnx", "tiny_ref+onnx_int8")
 
@@ -156,7 +156,7 @@ def test_attribution_lime_runs_and_ig_says_one_line(run):
     small = ["n_examples=4", "seeds=[42]", "n_bootstrap=50", "runs_dir=null"]
     lime = _characteristic("attribution_lime", [*small, "num_samples=20"])
     ig = _characteristic("attribution_ig", [*small, "n_steps=4"])
-    from trustequiv.runner import aligned_rows
+    from trustequiv.run.runner import aligned_rows
 
     collected = lime.collect(handle, out, aligned_rows(data, out), plan.task_cfg)
     assert len(collected["examples"]) == 4 and collected["unique_texts"] > 0
@@ -167,7 +167,7 @@ def test_attribution_lime_runs_and_ig_says_one_line(run):
 
 
 def _characteristic(name: str, settings: list[str]):
-    from trustequiv.plan import build_characteristics
+    from trustequiv.run.plan import build_characteristics
 
     cfg = compose(
         "evaluate",

@@ -169,7 +169,7 @@ def test_bad_config_raises():
 def test_pipeline_runs_representation_and_distribution(tiny_bert, synthetic_data_dir, tmp_path):
     from conftest import compose, tiny_overrides
 
-    from trustequiv import pipeline
+    from trustequiv.run import pipeline
 
     cfg = compose(
         "evaluate",

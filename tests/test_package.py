@@ -91,7 +91,7 @@ def test_console_script_help_outside_the_clone(installed):
     for group in ("model:", "task:", "characteristic:", "compressor:", "experiment:"):
         assert group in out, out
     assert "offline_minilm" in out and "mrpc" in out
-    # A bad option ends in the one error line (trustequiv.errors.run around the console script).
+    # A bad option ends in the one error line (trustequiv.user_errors.run around the console script).
     bad = _run([str(venv / "bin" / "trustequiv-evaluate"), "characteristic=[calibrat]"], cwd=work)
     assert bad.returncode == 2, bad.stderr[-3000:]
     assert bad.stderr.strip().splitlines()[-1].startswith("error: "), bad.stderr[-3000:]

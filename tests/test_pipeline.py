@@ -12,10 +12,11 @@ import torch
 from conftest import compose, forbid, tiny_overrides
 
 from plugins.tasks import classification
-from trustequiv import pipeline, plan, training
 from trustequiv.cache import OutputCache
-from trustequiv.labels import LabelMismatchError
+from trustequiv.data.labels import LabelMismatchError
 from trustequiv.outputs import ModelOutputs
+from trustequiv.run import pipeline, plan
+from trustequiv.train import fine_tune as training
 
 FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
 
@@ -240,7 +241,7 @@ def test_empty_text_is_refused(tiny_bert):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from trustequiv.data import encode_split
+    from trustequiv.data.batches import encode_split
 
     split = Dataset.from_dict({"id": [1, 2], "text_a": ["good movie", "  "], "label": [1, 0]})
     with pytest.raises(ValueError, match=r"empty text \(ids \[2\]"):
@@ -360,7 +361,7 @@ def test_ood_set_with_other_labels_is_refused(trained, tmp_path):
 
 def test_killed_training_leaves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp_path, monkeypatch):
     """A fine-tuning run that dies after saving a best checkpoint must not look finished to evaluate.py."""
-    from trustequiv import training
+    from trustequiv.train import fine_tune as training
 
     real = training.BestHFCheckpoint.on_validation_end
 
@@ -377,7 +378,7 @@ def test_killed_training_leaves_no_checkpoint(tiny_bert, synthetic_data_dir, tmp
 
 
 def test_pair_findings_need_a_ci_excluding_zero_and_a_real_size():
-    from trustequiv.reporting import pair_findings
+    from trustequiv.report.run_report import pair_findings
 
     m = {
         "calibration/a_vs_b/ece_uniform_diff": 0.03,

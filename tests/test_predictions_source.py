@@ -18,10 +18,10 @@ from plugins.characteristics.calibration import CalibrationCharacteristic
 from plugins.characteristics.errors import ErrorsCharacteristic
 from plugins.sources.predictions import PredictionsSource
 from plugins.tasks.id_lists import IdListLoader
+from trustequiv.data.task_kind import task_kind
+from trustequiv.models.source import RunContext, build_source
 from trustequiv.outputs import ModelOutputs
-from trustequiv.reporting import write_predictions
-from trustequiv.sources import RunContext, build_source
-from trustequiv.task_kind import task_kind
+from trustequiv.report.run_report import write_predictions
 
 N_BOOT = 100
 LABELS = ("entailment", "neutral", "contradiction")
@@ -408,7 +408,7 @@ PAPER_B_ARGS = ["experiment=paper_b_squad2_errors", f"paths.data_dir={DATA_DIR}"
 
 @needs_paper_b
 def test_paper_b_matrix_from_the_released_error_sets() -> None:
-    from trustequiv.plan import build_characteristics, model_sources, plain
+    from trustequiv.run.plan import build_characteristics, model_sources, plain
 
     cfg = compose("evaluate", [*PAPER_B_ARGS, "paths.output_dir=unused"])
     task_cfg = plain(cfg.task)
@@ -473,7 +473,7 @@ def test_paper_b_needs_the_official_question_ids() -> None:
 
 @needs_paper_b
 def test_paper_b_pipeline_end_to_end(tmp_path: Path) -> None:
-    from trustequiv.pipeline import evaluate
+    from trustequiv.run.pipeline import evaluate
 
     cfg = compose("evaluate", [*PAPER_B_ARGS, f"paths.output_dir={tmp_path / 'run'}",
                                f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip

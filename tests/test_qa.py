@@ -21,7 +21,8 @@ from plugins.tasks.extractive_qa import (
     qa_outputs_from_logits,
     qa_settings,
 )
-from trustequiv import pipeline, plan, training
+from trustequiv.run import pipeline, plan
+from trustequiv.train import fine_tune as training
 
 MAX_LENGTH, DOC_STRIDE = 40, 12
 

@@ -28,7 +28,8 @@ from trustequiv.cache import (
     path_lock,
     run_id,
 )
-from trustequiv.models import (
+from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.loading import (
     METADATA_FILE,
     ModelSpec,
     build_compressor,
@@ -39,7 +40,6 @@ from trustequiv.models import (
 )
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows, cached_prediction
-from trustequiv.splits import split_fingerprint
 
 KEY = "ab" * 32
 LABELS = ("negative", "positive")

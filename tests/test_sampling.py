@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from trustequiv.sampling import sample_positions
-from trustequiv.splits import hash_unit
+from trustequiv.data.sampling import sample_positions
+from trustequiv.data.splits import hash_unit
 
 
 def old_limit_positions(ids, n, seed=0):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import compose, tiny_overrides
 
-from trustequiv import pipeline
-from trustequiv.sources import available_sources, build_source
-from trustequiv.task_kind import available_kinds, task_kind
+from trustequiv.data.task_kind import available_kinds, task_kind
+from trustequiv.models.source import available_sources, build_source
+from trustequiv.run import pipeline
 
 FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
 
@@ -34,8 +34,8 @@ def test_registries_list_the_plugins():
 def tiny_ref(tmp_path_factory, tiny_bert, synthetic_data_dir):
     """A fine-tuned tiny reference on the synthetic SST-2 task."""
     tmp = tmp_path_factory.mktemp("sources")
-    from trustequiv.checkpoints import ensure_checkpoint
-    from trustequiv.plan import model_sources, plain
+    from trustequiv.run.plan import model_sources, plain
+    from trustequiv.train.checkpoints import ensure_checkpoint
 
     cfg = compose("evaluate", tiny_overrides(tmp, tiny_bert, synthetic_data_dir, *FAST))
     ref, _ = model_sources(cfg)

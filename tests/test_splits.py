@@ -1,11 +1,11 @@
-"""trustequiv.splits.hash_split: seeded, order- and size-independent splits."""
+"""trustequiv.data.splits.hash_split: seeded, order- and size-independent splits."""
 
 import logging
 import random
 
 import pytest
 
-from trustequiv.splits import hash_split, hash_unit
+from trustequiv.data.splits import hash_split, hash_unit
 
 FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 
@@ -64,7 +64,7 @@ def test_single_split_and_zero_fraction():
 
 
 def test_logs_sizes(caplog):
-    with caplog.at_level(logging.INFO, logger="trustequiv.splits"):
+    with caplog.at_level(logging.INFO, logger="trustequiv.data.splits"):
         out = hash_split(list(range(50)), {"train": 0.5, "test": 0.5})
     assert any(
         "derived" in r.getMessage() and str(len(out["train"])) in r.getMessage() for r in caplog.records

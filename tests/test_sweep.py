@@ -1,5 +1,5 @@
 """Sweep aggregation: run outputs saved in run dirs, all-pairs matrices across a -m sweep's jobs, the
-candidates' verdicts, failed jobs listed (trustequiv.run_outputs, .sweep, .sweep_report)."""
+candidates' verdicts, failed jobs listed (trustequiv.run.saved_outputs, .sweep, .sweep_report)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from sklearn.metrics import jaccard_score
 
 from trustequiv.characteristic import Characteristic, PairStatistic
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
-from trustequiv.run_outputs import load_run_outputs, save_run_outputs
-from trustequiv.sweep import SweepCallback, build_sweep, collect, pair_matrices
+from trustequiv.report.sweep import SweepCallback, build_sweep, collect, pair_matrices
+from trustequiv.run.saved_outputs import load_run_outputs, save_run_outputs
 
 LABELS = ("negative", "positive")
 
@@ -228,7 +228,10 @@ def sweep_dir(tmp_path) -> Path:
         2,
         "2_sst2_c",
         results=None,
-        log="[2026-01-01 00:00:01][trustequiv.errors][ERROR] - error: no checkpoint for c - fix: train it\n",
+        log=(
+            "[2026-01-01 00:00:01][trustequiv.user_errors][ERROR] - "
+            "error: no checkpoint for c - fix: train it\n"
+        ),
     )
     return sweep
 
@@ -332,7 +335,7 @@ def _python(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
 def test_cli_one_line_error_without_jobs(tmp_path):
     (tmp_path / "empty").mkdir()
     for target in (tmp_path / "empty", tmp_path / "absent"):
-        proc = _python("-m", "trustequiv.sweep", str(target), cwd=tmp_path, timeout=120)
+        proc = _python("-m", "trustequiv.report.sweep", str(target), cwd=tmp_path, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and " - fix: " in lines[0], proc.stderr
@@ -394,7 +397,7 @@ def test_real_sweep_two_candidates_and_a_failed_job(tmp_path, tiny_bert, synthet
 
     # rebuilt by the command line, over what is on disk
     (sweep / "sweep_results.json").unlink()
-    proc = _python("-m", "trustequiv.sweep", str(sweep), cwd=tmp_path)
+    proc = _python("-m", "trustequiv.report.sweep", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(sweep / "sweep_report.html")
     again = json.loads((sweep / "sweep_results.json").read_text())

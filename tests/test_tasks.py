@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from plugins.tasks import TextClassificationLoader
 from plugins.tasks.formats import imdb_id
-from trustequiv.labels import LabelMismatchError
+from trustequiv.data.labels import LabelMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "conf" / "task"

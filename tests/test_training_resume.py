@@ -11,7 +11,8 @@ import torch
 from conftest import compose, tiny_overrides
 from safetensors.torch import load_file
 
-from trustequiv import pipeline, training
+from trustequiv.run import pipeline
+from trustequiv.train import fine_tune as training
 
 EPOCHS = 3
 
@@ -66,7 +67,7 @@ def test_killed_fine_tuning_resumes_where_it_stopped(
 ):
     """Killed after epoch 1 of 3, the same command trains epochs 2 and 3 only and ends where an uninterrupted
     run of the same seed does."""
-    caplog.set_level(logging.INFO, logger="trustequiv.training")
+    caplog.set_level(logging.INFO, logger="trustequiv.train.fine_tune")
     full_tmp, killed_tmp = tmp_path / "full", tmp_path / "killed"
     record = Record(monkeypatch)
     pipeline.train(_train_cfg(full_tmp, tiny_bert, synthetic_data_dir))
@@ -126,7 +127,7 @@ def test_staged_run_of_other_settings_starts_over(
     tiny_bert, synthetic_data_dir, tmp_path, monkeypatch, caplog
 ):
     """A staged last.ckpt from a run with another learning rate is not resumed: all epochs run anew."""
-    caplog.set_level(logging.INFO, logger="trustequiv.training")
+    caplog.set_level(logging.INFO, logger="trustequiv.train.fine_tune")
     with monkeypatch.context() as m:
         _kill_after_first_epoch(m)
         with pytest.raises(RuntimeError, match="killed"):
@@ -149,7 +150,7 @@ def test_compressed_model_is_rebuilt_before_its_weights_are_restored(
     tiny_bert, synthetic_data_dir, tmp_path, monkeypatch, caplog
 ):
     """layer_drop's compress step runs again on resume: last.ckpt's one-layer weights need one-layer BERT."""
-    caplog.set_level(logging.INFO, logger="trustequiv.training")
+    caplog.set_level(logging.INFO, logger="trustequiv.train.fine_tune")
     pipeline.train(_train_cfg(tmp_path, tiny_bert, synthetic_data_dir, epochs=1))  # the base, 2 layers
     cfg = _train_cfg(tmp_path, tiny_bert, synthetic_data_dir, "compressor=layer_drop", epochs=2)
     with monkeypatch.context() as m:
@@ -182,7 +183,7 @@ def test_best_checkpoint_staged_after_the_resume_point_counts(tmp_path):
 def test_step_checkpoints_resume_mid_epoch(tiny_bert, synthetic_data_dir, tmp_path, monkeypatch, caplog):
     """``training.checkpoint_every_n_steps``: a kill mid-epoch resumes at the last step checkpoint and runs
     the epoch's remaining number of steps."""
-    caplog.set_level(logging.INFO, logger="trustequiv.training")
+    caplog.set_level(logging.INFO, logger="trustequiv.train.fine_tune")
     cfg = _train_cfg(
         tmp_path, tiny_bert, synthetic_data_dir, "+task.training.checkpoint_every_n_steps=4", epochs=2
     )

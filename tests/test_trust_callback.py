@@ -13,20 +13,20 @@ import pytest
 import torch
 from conftest import compose, tiny_overrides
 
-from trustequiv import pipeline
-from trustequiv.callbacks import (
+from trustequiv.models.source import build_source
+from trustequiv.outputs import ModelOutputs
+from trustequiv.report.loggers import make_csv_logger
+from trustequiv.report.trust_curves import plot_trust_curves, read_trust_curves
+from trustequiv.run import pipeline
+from trustequiv.run.plan import plain
+from trustequiv.train.checkpoints import build_checkpoint
+from trustequiv.train.lightning_module import SequenceClassifier
+from trustequiv.train.trust_callbacks import (
     TrustCallback,
     build_trust_characteristics,
     scoped_metrics,
     trust_settings,
 )
-from trustequiv.checkpoints import build_checkpoint
-from trustequiv.loggers import make_csv_logger
-from trustequiv.module import SequenceClassifier
-from trustequiv.outputs import ModelOutputs
-from trustequiv.plan import plain
-from trustequiv.sources import build_source
-from trustequiv.trust_curves import plot_trust_curves, read_trust_curves
 
 HEADLINE = (
     "trust/calibration/ece_uniform_diff",

@@ -13,7 +13,6 @@ from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
 from plugins.characteristics.calibration import CalibrationCharacteristic
 from plugins.characteristics.errors import ErrorsCharacteristic
 from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
-from trustequiv.errors import ConfigError
 from trustequiv.functional.calibration import calibration_bins_from_confidences, top_label
 from trustequiv.functional.equivalence import (
     joint_resamples,
@@ -25,7 +24,8 @@ from trustequiv.functional.equivalence import (
     worst,
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
-from trustequiv.verdict import VerdictSettings, judge, judge_statistic, verdict_table
+from trustequiv.user_errors import ConfigError
+from trustequiv.verdict.verdict import VerdictSettings, judge, judge_statistic, verdict_table
 
 N_BOOT = 200
 LABELS = ("entailment", "neutral", "contradiction")

@@ -1,4 +1,5 @@
-"""trustequiv.zoo: the published fine-tuned checkpoints listed per model and task in conf/model/*.yaml."""
+"""trustequiv.models.zoo: the published fine-tuned checkpoints listed per model and task in
+conf/model/*.yaml."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from conftest import CONF, compose
 from omegaconf import OmegaConf
 
 from trustequiv.config import available
-from trustequiv.labels import label_permutation
-from trustequiv.zoo import zoo_entry
+from trustequiv.data.labels import label_permutation
+from trustequiv.models.zoo import zoo_entry
 
 BASE = ["paths.output_dir=/tmp/trustequiv-test-run", "logger=none"]
 # The papers' tasks; squad2 lives in the qa/ subgroup.

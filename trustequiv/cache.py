@@ -10,7 +10,8 @@ Layout under ``root``::
     corrupt/                                     entries and files set aside as unreadable
 
 The key is a SHA-256 of the content that determines the outputs: checkpoint fingerprint, task, split, the
-split's content fingerprint (:func:`trustequiv.splits.split_fingerprint`) and the prediction settings. Files
+split's content fingerprint (:func:`trustequiv.data.splits.split_fingerprint`) and the prediction settings.
+Files
 are written to a temporary name and renamed, so a killed run leaves either a whole file or none; a corrupt
 entry is moved aside and recomputed. Two runs on one cache serialise on the entry's lock file (``filelock``,
 an OS lock released when its process dies, so a killed run never leaves a stale lock): the second waits and
@@ -39,8 +40,8 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
-from trustequiv.errors import UserError
 from trustequiv.outputs import ModelOutputs
+from trustequiv.user_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def not_a_file(path: Path) -> NotAFileError:
 def _writing(path: Path, fix: str = CACHE_FIX) -> Iterator[None]:
     """Turn a permission/read-only failure while writing ``path`` into :class:`CacheNotWritableError`, a
     directory in its place into :class:`NotAFileError`; a full disk keeps its OSError (the CLI's one line,
-    :func:`trustequiv.errors.describe`) but gains the path when it lacks one (write() errors name none)."""
+    :func:`trustequiv.user_errors.describe`) but gains the path when it lacks one (write() errors name
+    none)."""
     try:
         yield
     except (CacheNotWritableError, NotAFileError):

@@ -22,7 +22,8 @@ def pair_name(reference: str, candidate: str) -> str:
 class PairStatistic:
     """One headline reference-vs-candidate statistic in a form the verdict can resample.
 
-    The verdict (:mod:`trustequiv.verdict`) draws bootstrap indices over the examples shared by the candidate
+    The verdict (:mod:`trustequiv.verdict.verdict`) draws bootstrap indices over the examples shared by the
+    candidate
     pair and the noise-floor pairs, and evaluates :attr:`statistic` on each pair's rows at the same indices,
     so the interval of (candidate - floor) keeps the pairing of examples.
 
@@ -119,7 +120,7 @@ class Characteristic(ABC):
         """Per-model work that needs the model itself; the result must be JSON-serialisable (it is cached).
 
         Args:
-            model: a :class:`trustequiv.sources.ModelHandle`: ``model.scorer(task)`` scores texts (every
+            model: a :class:`trustequiv.models.source.ModelHandle`: ``model.scorer(task)`` scores texts (every
                 source that has a model), ``model.loaded`` is the torch model for gradient methods (None
                 where the source has none, e.g. ONNX: raise a ValueError saying so).
             outputs: the model's cached outputs on this split.

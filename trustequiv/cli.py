@@ -21,7 +21,7 @@ from trustequiv.config import (
     register_resolvers,
     stop_on_sigterm,
 )
-from trustequiv.errors import reported, run
+from trustequiv.user_errors import reported, run
 
 CONFIG_PATH = f"pkg://{CONF_PACKAGE}"
 
@@ -35,10 +35,10 @@ def setup() -> None:
 
 def train_job(cfg: DictConfig) -> None:
     """Fine-tune a model on a task (the body of ``train.py``)."""
-    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.errors).
+    # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.user_errors).
     with reported():
         check_config(cfg)
-        from trustequiv.pipeline import train
+        from trustequiv.run.pipeline import train
 
         lightning_logs_once()
         quiet_import_noise()
@@ -50,7 +50,7 @@ def evaluate_job(cfg: DictConfig) -> None:
     directory, for scripts."""
     with reported():
         check_config(cfg)
-        from trustequiv.pipeline import evaluate
+        from trustequiv.run.pipeline import evaluate
 
         lightning_logs_once()
         quiet_import_noise()

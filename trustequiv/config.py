@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
-    from trustequiv.errors import ConfigError
+    from trustequiv.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _positive(value: Any) -> bool:
 
 
 def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
-    from trustequiv.errors import ConfigError
+    from trustequiv.user_errors import ConfigError
 
     allowed = "a whole number >= 1" + (" or null (all)" if null else "")
     return ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}", f"set e.g. {key}={example}")
@@ -123,13 +123,13 @@ def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot work before anything is loaded, naming the key: the batch sizes
     (``predict.batch_size``, ``task.training.batch_size``) and ``task.max_length`` must be >= 1 (its upper
-    bound is the model's: :func:`trustequiv.models.check_max_length`); ``limit_examples``,
+    bound is the model's: :func:`trustequiv.models.loading.check_max_length`); ``limit_examples``,
     ``limit_ood_examples`` (an int or a mapping of them) and ``characteristic.<name>.n_examples`` must be
     >= 1 or null; ``seed`` a whole number; ``candidates`` null or a list of ``{base, compressor}`` nodes.
     Absent keys are not checked.
 
     Raises:
-        trustequiv.errors.ConfigError: the first value that breaks this (the message names the key).
+        trustequiv.user_errors.ConfigError: the first value that breaks this (the message names the key).
     """
     for key in _POSITIVE_KEYS + _POSITIVE_OR_NULL_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
@@ -155,7 +155,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def _check_seed(cfg: DictConfig) -> None:
     """``seed`` must be a whole number >= 0 (``int()`` of it failed later without naming the key)."""
-    from trustequiv.errors import ConfigError
+    from trustequiv.user_errors import ConfigError
 
     value = cfg.get("seed")
     if value is None:
@@ -180,11 +180,11 @@ def _check_candidates(cfg: DictConfig) -> None:
     (``conf/evaluate.yaml``); anything else failed in the plan with a TypeError.
 
     Raises:
-        trustequiv.errors.ConfigError: the first entry that is not of that form (named by its index).
+        trustequiv.user_errors.ConfigError: the first entry that is not of that form (named by its index).
     """
     from omegaconf import ListConfig
 
-    from trustequiv.errors import ConfigError
+    from trustequiv.user_errors import ConfigError
 
     cands = cfg.get("candidates")
     if cands is None:
@@ -226,7 +226,7 @@ def _check_ddp_in_local_sweep(cfg: DictConfig) -> None:
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
     launcher = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
     if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and devices not in (1, "1") and "Basic" in launcher:
-        from trustequiv.errors import ConfigError
+        from trustequiv.user_errors import ConfigError
 
         raise ConfigError(
             f"trainer.strategy={strategy} with {devices} devices inside a local -m sweep would hang (each "

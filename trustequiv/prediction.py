@@ -42,7 +42,7 @@ def output_key(
 
     Args:
         kind: the task kind; fingerprint: the model's content hash; task, split: names;
-        data: the split's content fingerprint (:func:`trustequiv.splits.split_fingerprint`);
+        data: the split's content fingerprint (:func:`trustequiv.data.splits.split_fingerprint`);
         settings: everything else the outputs depend on (max_length, pooling, declared label names ...).
     """
     return content_key(

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from trustequiv.characteristic import Characteristic, PairStatistic, all_pairs, pair_name
-from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.agreement import (
     agreement_rate,
     cohen_kappa,
@@ -28,6 +27,7 @@ from trustequiv.functional.agreement import (
 )
 from trustequiv.functional.bootstrap import BootstrapResult, paired_bootstrap
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align, labelled
+from trustequiv.report.figures import matrix_heatmap
 
 
 def _jaccard_rows(wrong_a: np.ndarray, wrong_b: np.ndarray) -> np.ndarray:

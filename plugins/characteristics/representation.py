@@ -19,7 +19,6 @@ import torch
 from matplotlib.figure import Figure
 
 from trustequiv.characteristic import Characteristic, PairStatistic, all_pairs, pair_name
-from trustequiv.figures import matrix_heatmap
 from trustequiv.functional.representation import (
     DEFAULT_KS,
     FAISS_MIN_N,
@@ -31,6 +30,7 @@ from trustequiv.functional.representation import (
     resolve_knn_backend,
 )
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+from trustequiv.report.figures import matrix_heatmap
 
 log = logging.getLogger(__name__)
 

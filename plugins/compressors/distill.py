@@ -1,5 +1,6 @@
 """Knowledge distillation of the fine-tuned reference (the teacher) into a smaller student, optionally with
-terms that keep the student's trust characteristics close to the teacher's (:mod:`trustequiv.distillation`).
+terms that keep the student's trust characteristics close to the teacher's
+(:mod:`trustequiv.train.distillation`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from plugins.compressors.layer_drop import LayerDrop
-from trustequiv.compressor import CalibrationData, Compressor
-from trustequiv.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
+from trustequiv.models.compressor import CalibrationData, Compressor
+from trustequiv.train.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Distill(Compressor):
             checkpoint (local dir or hub id) with a new classification head over the teacher's classes.
         keep: the layer_drop student's layers (``every_other``, ``top_half_dropped`` or a list of indices).
         temperature, alpha, negative_flip, focal_alpha, focal_beta, calibration, calibration_weight,
-            explanation, representation, representation_weight: :class:`trustequiv.distillation.DistillTerms`.
+            explanation, representation, representation_weight:
+            :class:`trustequiv.train.distillation.DistillTerms`.
         finetune: train the student (default True; False saves the untrained student).
 
     Raises:
@@ -87,7 +89,7 @@ class Distill(Compressor):
             return LayerDrop(keep=self.keep).compress(model)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from trustequiv.models import local_dir
+        from trustequiv.models.loading import local_dir
 
         directory = local_dir(self.student)
         config = model.config
@@ -115,7 +117,7 @@ class Distill(Compressor):
         dataset: Any,
         ctx: Any,
     ) -> DistillationModule:
-        from trustequiv.training import optimizer_settings
+        from trustequiv.train.fine_tune import optimizer_settings
 
         if ctx is None:
             raise ValueError(
@@ -186,7 +188,7 @@ def teacher_train_outputs(
     The global random generators are left as they were, so the student trains the same whether the outputs
     were cached or predicted.
     """
-    from trustequiv.splits import split_fingerprint
+    from trustequiv.data.splits import split_fingerprint
 
     train = dataset["train"]
     name = getattr(base_spec, "name", None) or Path(base.directory).name

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from trustequiv.compressor import Compressor
+from trustequiv.models.compressor import Compressor
 
 
 def encoder_layers(model: nn.Module) -> tuple[nn.Module, str]:

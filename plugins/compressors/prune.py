@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from trustequiv.compressor import CalibrationData, Compressor
+from trustequiv.models.compressor import CalibrationData, Compressor
 
 
 def prunable_linears(model: nn.Module, include_head: bool = False) -> list[nn.Linear]:

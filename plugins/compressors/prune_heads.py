@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trustequiv.compressor import CalibrationData, Compressor
+from trustequiv.models.compressor import CalibrationData, Compressor
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def head_importance(model: nn.Module, data: CalibrationData, normalize_by_layer:
 
     Args:
         model: a Hugging Face model taking ``head_mask`` (BERT, RoBERTa, ELECTRA, DistilBERT ...), unpruned.
-        data: the batches and the task loss (:class:`trustequiv.compressor.CalibrationData`).
+        data: the batches and the task loss (:class:`trustequiv.models.compressor.CalibrationData`).
 
     Returns:
         ``(num_hidden_layers, num_attention_heads)`` float tensor on the CPU, >= 0.

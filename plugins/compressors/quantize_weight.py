@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trustequiv.compressor import Compressor
+from trustequiv.models.compressor import Compressor
 
 
 def _import_torchao():

@@ -1,1 +1,1 @@
-"""Model sources: where a judged model comes from (``model.source``; see trustequiv/sources.py)."""
+"""Model sources: where a judged model comes from (``model.source``; see trustequiv/models/source.py)."""

@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from trustequiv.checkpoints import ensure_checkpoint
-from trustequiv.models import (
+from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.loading import (
     ModelSpec,
     check_model_inputs,
     fingerprint,
@@ -22,10 +22,10 @@ from trustequiv.models import (
     read_metadata,
     resolve_checkpoint,
 )
+from trustequiv.models.source import ModelHandle, ModelSource, RunContext
+from trustequiv.models.zoo import zoo_entry
 from trustequiv.outputs import ModelOutputs
-from trustequiv.sources import ModelHandle, ModelSource, RunContext
-from trustequiv.splits import split_fingerprint
-from trustequiv.zoo import zoo_entry
+from trustequiv.train.checkpoints import ensure_checkpoint
 
 
 def with_zoo(spec: ModelSpec, model_cfg: Mapping[str, Any], task: str, models_dir: str) -> ModelSpec:
@@ -131,7 +131,7 @@ class HFSource(ModelSource):
         )
 
     def handle(self, ctx: RunContext) -> ModelHandle:
-        from trustequiv.scorer import TorchTextScorer
+        from trustequiv.models.scorer import TorchTextScorer
 
         return TorchTextScorer.handle(
             self._load(ctx), name=self.name, fingerprint=self.fingerprint, source=self.kind
@@ -141,7 +141,7 @@ class HFSource(ModelSource):
         self._loaded = None
 
     def column_label_names(self) -> list[str] | None:
-        from trustequiv.models import checkpoint_label_names
+        from trustequiv.models.loading import checkpoint_label_names
 
         try:
             return checkpoint_label_names(self.directory, self.spec.label_names)

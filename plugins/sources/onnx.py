@@ -6,7 +6,7 @@ Config (``conf/model/onnx.yaml``), one of:
 - ``path``: an ``.onnx`` file, or a directory holding ``model.onnx``, with the tokenizer files beside it
   and either ``config.json`` (its ``id2label`` gives the logit order) or a declared ``label_names``;
 - ``export_from``: a model node (an HF model config, e.g. ``${model}``) whose fine-tuned checkpoint is
-  found, or fine-tuned with ``train_missing=true``, by its own source (:func:`trustequiv.checkpoints.
+  found, or fine-tuned with ``train_missing=true``, by its own source (:func:`trustequiv.train.checkpoints.
   ensure_checkpoint` for ``hf``) and exported once into ``<paths.models_dir>/<task>/<name>/``
   (``model.onnx``, tokenizer, ``config.json``, ``trustequiv.json``); ``quantize: int8`` then applies
   ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights of the ``quantize_ops``, activations
@@ -20,15 +20,17 @@ show here) and the largest differences are recorded.
 
 The exported graph returns ``logits`` and every layer's hidden states (``hidden_states.0`` .. ``.L``), so the
 cached embeddings follow ``predict.pooling`` (cls | mean) and ``predict.layer`` as the torch path
-(:func:`trustequiv.module.pool`); a file exported elsewhere may give ``last_hidden_state`` (layer -1 only)
+(:func:`trustequiv.train.lightning_module.pool`); a file exported elsewhere may give ``last_hidden_state``
+(layer -1 only)
 or none (no embeddings: the representation characteristic then says so).
 
 Outputs go through :func:`trustequiv.prediction.cached_prediction` (resumable by batch), keyed by the
 SHA-256 of the ``.onnx`` file (and its external data) plus the tokenizer and config files, the split's
-content and the settings; inputs are tokenized as the torch path does (:func:`trustequiv.data.encode_split`,
+content and the settings; inputs are tokenized as the torch path does
+(:func:`trustequiv.data.batches.encode_split`,
 truncation to the task's ``max_length``, pairs as pairs) and run in length-sorted batches of
 ``predict.batch_size``; logit columns are mapped to the task's canonical label order by name
-(:func:`trustequiv.labels.label_permutation`). :class:`OnnxTextScorer` serves LIME, SHAP and attacks;
+(:func:`trustequiv.data.labels.label_permutation`). :class:`OnnxTextScorer` serves LIME, SHAP and attacks;
 there are no gradients (``ModelHandle.loaded`` is None), so integrated gradients says it cannot run.
 
 Classification tasks only. Nothing a file names is loaded: external tensor data must lie beside the
@@ -57,10 +59,16 @@ import numpy as np
 import torch
 
 from trustequiv.cache import atomic_save, path_lock
-from trustequiv.data import TOKEN_KEYS, LengthSortedBatchSampler, encode_split, pad_features, pad_id_of
-from trustequiv.errors import CheckpointError
-from trustequiv.labels import id2label_names, label_permutation
-from trustequiv.models import (
+from trustequiv.data.batches import (
+    TOKEN_KEYS,
+    LengthSortedBatchSampler,
+    encode_split,
+    pad_features,
+    pad_id_of,
+)
+from trustequiv.data.labels import id2label_names, label_permutation
+from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.loading import (
     METADATA_FILE,
     check_max_length,
     check_name,
@@ -69,12 +77,12 @@ from trustequiv.models import (
     load_tokenizer,
     read_metadata,
 )
-from trustequiv.module import pool
+from trustequiv.models.scorer import BatchedTextScorer
+from trustequiv.models.source import ModelHandle, ModelSource, RunContext, build_source
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key, unique_rows
-from trustequiv.scorer import BatchedTextScorer
-from trustequiv.sources import ModelHandle, ModelSource, RunContext, build_source
-from trustequiv.splits import split_fingerprint
+from trustequiv.train.lightning_module import pool
+from trustequiv.user_errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +152,8 @@ def external_data_files(onnx_file: Path) -> list[Path]:
     Raises:
         ValueError: a location that is absolute or leaves that directory (nothing a file names outside it
             is ever read). FileNotFoundError: a named data file is missing.
-        trustequiv.errors.CheckpointError: the file is not a readable ONNX model (truncated, empty, other).
+        trustequiv.user_errors.CheckpointError: the file is not a readable ONNX model (truncated, empty,
+        other).
     """
     import onnx
 
@@ -188,14 +197,16 @@ def not_an_onnx_model(onnx_file: Path, why: str) -> CheckpointError:
 
 
 def _file_digest(path: Path, memo_file: Path | None) -> str:
-    """SHA-256 of ``path``'s bytes, memoised in ``memo_file`` as :func:`trustequiv.models.fingerprint` does
+    """SHA-256 of ``path``'s bytes, memoised in ``memo_file`` as :func:`trustequiv.models.loading.fingerprint`
+    does
     (one memo key, so a same-size copy with its mtime kept is hashed again here too)."""
     return file_digest(path, memo_file)
 
 
 def onnx_fingerprint(onnx_file: Path, data_files: Sequence[Path], memo_file: Path | None = None) -> str:
     """SHA-256 over the ``.onnx`` file, its external data files and the tokenizer / config / trustequiv.json
-    files of its directory (:func:`trustequiv.models.fingerprint`): a changed file is never served stale
+    files of its directory (:func:`trustequiv.models.loading.fingerprint`): a changed file is never served
+    stale
     outputs."""
     outer = hashlib.sha256()
     outer.update(fingerprint(onnx_file.parent, memo_file).encode())
@@ -226,7 +237,7 @@ def read_config_json(directory: Path) -> dict[str, Any]:
     """``config.json`` beside the ONNX model, read as JSON (nothing it names is loaded); ``{}`` if absent.
 
     Raises:
-        trustequiv.errors.CheckpointError: it is not a JSON object.
+        trustequiv.user_errors.CheckpointError: it is not a JSON object.
     """
     config = directory / "config.json"
     if not config.is_file():
@@ -349,8 +360,9 @@ class OnnxModel:
 
 
 class OnnxTextScorer(BatchedTextScorer):
-    """An ONNX classifier as a :class:`~trustequiv.scorer.TextScorer` (``texts -> (N, C)`` float64
-    probabilities in canonical label order), batched as :class:`~trustequiv.scorer.BatchedTextScorer` does
+    """An ONNX classifier as a :class:`~trustequiv.models.scorer.TextScorer` (``texts -> (N, C)`` float64
+    probabilities in canonical label order), batched as :class:`~trustequiv.models.scorer.BatchedTextScorer`
+    does
     for every scorer; logits are permuted to the canonical order and softmaxed in float64. CPU only.
 
     Args:
@@ -491,7 +503,8 @@ def export_classifier(
     written into a temporary sibling directory and renamed into place (an older export there is replaced).
 
     Args:
-        loaded: a :class:`trustequiv.models.LoadedModel` (model, tokenizer). pair: the task is a pair task
+        loaded: a :class:`trustequiv.models.loading.LoadedModel` (model, tokenizer). pair: the task is a pair
+        task
             (the probe texts are pairs). label_names: the class names in the model's logit order.
         export: the export settings recorded in trustequiv.json (``opset``, ``quantize`` settings or None).
 
@@ -699,7 +712,7 @@ class OnnxSource(ModelSource):
             ImportError: onnx or onnxruntime is not installed (``pip install -e '.[onnx]'``).
             FileNotFoundError: the file, its tokenizer or its external data is missing; or the checkpoint to
                 export is missing and ``train_missing`` is false (the message names the command).
-            trustequiv.labels.LabelMismatchError: its classes do not match the task's.
+            trustequiv.data.labels.LabelMismatchError: its classes do not match the task's.
         """
         if self.path is None and self.export_from is None:
             raise ValueError(self._which_message(self.name))

@@ -9,7 +9,8 @@ Config (``conf/model/predictions.yaml``):
 - ``name``: the model's name in results (default: the file's stem); letters, digits and ``_ . + -``.
 - ``path``: the outputs on the evaluated task's split(s), one of
     - a **predictions CSV** (``.csv``), the project's ``predictions/<model>.csv``
-      (:func:`trustequiv.reporting.write_predictions`): ``example_id``, ``gold_label`` (a label name, empty
+      (:func:`trustequiv.report.run_report.write_predictions`): ``example_id``, ``gold_label`` (a label name,
+      empty
       = unlabelled), ``predicted_label`` (ignored: argmax of the probabilities), ``p_<class>`` per class
       (probabilities, any column order; classes matched by name to the task's ``label_names``), and the task
       kind's extra columns (``TaskKind.csv_columns``, e.g. extractive QA's ``predicted_answer``, ``exact``,
@@ -55,8 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trustequiv.models.source import ModelSource, RunContext
 from trustequiv.outputs import ModelOutputs
-from trustequiv.sources import ModelSource, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -620,7 +621,7 @@ def _kind_of(task_cfg: Mapping[str, Any], ctx: RunContext | None):
     """The task kind of ``task_cfg`` (its CSV columns); the run's when it is the evaluated task."""
     if ctx is not None and str(ctx.task_cfg["name"]) == str(task_cfg["name"]):
         return ctx.kind
-    from trustequiv.task_kind import task_kind
+    from trustequiv.data.task_kind import task_kind
 
     return task_kind(task_cfg)
 

@@ -1,8 +1,10 @@
 """Task kind ``classification``: single-text and sentence-pair classification (GLUE, SNLI, IMDB ...).
 
 Models are ``AutoModelForSequenceClassification`` checkpoints whose classes are matched to the task's label
-names (:func:`trustequiv.models.load_classifier`); outputs hold per example the logits in canonical label
-order, the gold label and the pooled embedding (:class:`trustequiv.module.SequenceClassifier`).
+names (:func:`trustequiv.models.loading.load_classifier`); outputs hold per example the logits in canonical
+label
+order, the gold label and the pooled embedding
+(:class:`trustequiv.train.lightning_module.SequenceClassifier`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from typing import Any
 import torch
 
 from trustequiv.cache import PartialPredictionWriter
-from trustequiv.data import EncodedSplit, TaskDataModule, encode_split
-from trustequiv.models import ModelSpec, load_classifier, load_tokenizer, local_dir
-from trustequiv.module import SequenceClassifier
+from trustequiv.data.batches import EncodedSplit, TaskDataModule, encode_split
+from trustequiv.data.task_kind import TaskKind
+from trustequiv.models.loading import ModelSpec, load_classifier, load_tokenizer, local_dir
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows, cached_prediction, output_key
-from trustequiv.runtime import make_trainer
-from trustequiv.task_kind import TaskKind
-from trustequiv.training import Recipe, optimizer_settings
+from trustequiv.train.fine_tune import Recipe, optimizer_settings
+from trustequiv.train.lightning_module import SequenceClassifier
+from trustequiv.train.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 

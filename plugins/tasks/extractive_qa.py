@@ -47,15 +47,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from trustequiv.cache import PartialPredictionWriter
-from trustequiv.data import LengthSortedBatchSampler
+from trustequiv.data.batches import LengthSortedBatchSampler
+from trustequiv.data.task_kind import TaskKind
 from trustequiv.functional.squad import best_null_threshold, postprocess_question, squad_v2_scores
-from trustequiv.models import LoadedModel, load_checkpoint, load_tokenizer, local_dir
-from trustequiv.module import SequenceClassifier
+from trustequiv.models.loading import LoadedModel, load_checkpoint, load_tokenizer, local_dir
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key
-from trustequiv.runtime import make_trainer
-from trustequiv.task_kind import TaskKind
-from trustequiv.training import Recipe, fine_tune, optimizer_settings
+from trustequiv.train.fine_tune import Recipe, fine_tune, optimizer_settings
+from trustequiv.train.lightning_module import SequenceClassifier
+from trustequiv.train.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,8 @@ def load_qa_model(
 ) -> LoadedModel:
     """Load a fine-tuned ``AutoModelForQuestionAnswering`` (with any on-load compression), eval mode.
 
-    Same signature as :func:`trustequiv.models.load_classifier`; the label arguments are unused.
-    (Checks that refuse a checkpoint of another kind are :func:`trustequiv.models.load_checkpoint`'s.)
+    Same signature as :func:`trustequiv.models.loading.load_classifier`; the label arguments are unused.
+    (Checks that refuse a checkpoint of another kind are :func:`trustequiv.models.loading.load_checkpoint`'s.)
     """
     from transformers import AutoModelForQuestionAnswering
 
@@ -529,7 +529,7 @@ QA_RECIPE = Recipe(
     metadata=lambda task_cfg: {"kind": KIND_NAME, "qa": qa_settings(task_cfg)},
 )
 
-#: QA counterpart of :func:`trustequiv.training.fine_tune` (same arguments and return).
+#: QA counterpart of :func:`trustequiv.train.fine_tune.fine_tune` (same arguments and return).
 fine_tune_qa = functools.partial(fine_tune, recipe=QA_RECIPE)
 
 

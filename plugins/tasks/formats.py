@@ -35,7 +35,7 @@ Files differ in ways a naive ``line.split("\\t")`` gets wrong, so each format is
 
 Errors: a header, field count, id or text that does not fit the format raises ``ValueError`` naming the file,
 the 1-based line number and the value; a file that is not UTF-8 or has no rows raises
-:class:`trustequiv.errors.DataFileError` (a ValueError) naming the file (and the line).
+:class:`trustequiv.user_errors.DataFileError` (a ValueError) naming the file (and the line).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trustequiv.errors import DataFileError
+from trustequiv.user_errors import DataFileError
 
 __all__ = ["FORMATS", "RawRows", "imdb_id", "read_rows"]
 
@@ -279,7 +279,8 @@ def read_rows(path: str | Path, fmt: str) -> RawRows:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the caller adds the fix to the message).
-        trustequiv.errors.DataFileError: the file is not UTF-8 (naming the line), is empty or has no rows.
+        trustequiv.user_errors.DataFileError: the file is not UTF-8 (naming the line), is empty or has no
+        rows.
         ValueError: unknown format, or a row that does not fit the format.
     """
     path = Path(path)

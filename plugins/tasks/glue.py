@@ -9,7 +9,7 @@ Sources
 -------
 ``data_dir is None``: the Hugging Face hub, ``datasets.load_dataset(hub.path, hub.name)``. Labels are
 mapped *by name* from the dataset's ClassLabel names to ``label_names``
-(:func:`trustequiv.labels.label_permutation`).
+(:func:`trustequiv.data.labels.label_permutation`).
 
 ``data_dir`` set: files under ``<data_dir>/<local.folder>/`` in the formats of :mod:`plugins.tasks.formats`;
 the raw label strings of each file are mapped to class names by that file's explicit ``labels`` mapping in the
@@ -47,7 +47,8 @@ are multiples of 10^9, one per source file or hub split, so ids are unique acros
 from the hub and from a file with the same row ids gets the same offset in both (e.g. MNLI validation_matched
 ``idx`` = dev_matched ``index``), so such examples keep one id whichever way they are loaded.
 
-Derived splits are decided by :func:`trustequiv.splits.hash_split` on these ids (logged with their sizes), so
+Derived splits are decided by :func:`trustequiv.data.splits.hash_split` on these ids (logged with their
+sizes), so
 an example stays in its split when rows are added, dropped or reordered.
 """
 
@@ -63,9 +64,9 @@ from typing import Any
 import numpy as np
 
 from plugins.tasks.formats import FORMATS, read_rows
-from trustequiv.errors import MissingFileError, check_hub
-from trustequiv.labels import LabelMismatchError, label_permutation, resolve_label
-from trustequiv.splits import hash_split
+from trustequiv.data.labels import LabelMismatchError, label_permutation, resolve_label
+from trustequiv.data.splits import hash_split
+from trustequiv.user_errors import MissingFileError, check_hub
 
 __all__ = ["GlueTaskLoader", "TextClassificationLoader"]
 
@@ -144,7 +145,7 @@ class TextClassificationLoader:
         local: local files spec (module docstring), or ``None`` when there are none.
         split_seed: seed of the hashed derived splits.
         aliases: extra label-name aliases for hub ClassLabel names (see
-            :func:`trustequiv.labels.label_permutation`).
+            :func:`trustequiv.data.labels.label_permutation`).
 
     Raises:
         ValueError: a malformed spec (a split defined twice, an unknown file format).
@@ -192,13 +193,16 @@ class TextClassificationLoader:
             unlabelled).
 
         Raises:
-            trustequiv.errors.MissingFileError: a local file is missing, or the chosen source does not exist
+            trustequiv.user_errors.MissingFileError: a local file is missing, or the chosen source does not
+            exist
                 for this task; the message names the path and the fix (``paths.data_dir=...`` or the hub).
-            trustequiv.errors.HubUnreachableError: ``data_dir`` is None and the hub does not answer (within
+            trustequiv.user_errors.HubUnreachableError: ``data_dir`` is None and the hub does not answer
+            (within
                 seconds, not after the hub client's retries).
             ValueError: unknown columns or label values (naming file, row and value), ids not unique; a file
-                that is not UTF-8 (naming file and line) or has no rows (trustequiv.errors.DataFileError).
-            trustequiv.labels.LabelMismatchError: hub ClassLabel names do not match ``label_names``.
+                that is not UTF-8 (naming file and line) or has no rows
+                (trustequiv.user_errors.DataFileError).
+            trustequiv.data.labels.LabelMismatchError: hub ClassLabel names do not match ``label_names``.
         """
         label_names = list(label_names)
         if data_dir is None:

@@ -7,7 +7,8 @@ texts, empty = unanswerable) and ``answer_starts`` (their character offsets).
 
 - SQuAD 2.0 (``squad_json``): ``data[].paragraphs[].qas[]`` with ``is_impossible``; only the CS224n half of
   the official dev set is local, so it is split deterministically into train / validation / test by a
-  seeded hash of the *context* (:func:`trustequiv.splits.hash_split`): questions on one paragraph stay in one
+  seeded hash of the *context* (:func:`trustequiv.data.splits.hash_split`): questions on one paragraph stay in
+  one
   split, as the MNLI backbone splits its local dev file by hashed ids.
 - COVID-QA: the same JSON layout (no unanswerable question), one ``test`` split.
 - SubjQA (``subjqa_csv``): ``<domain>/splits/<split>.csv``; rows are answer annotations, grouped here per
@@ -26,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trustequiv.splits import hash_split
+from trustequiv.data.splits import hash_split
 
 NO_ANSWER = "ANSWERNOTFOUND"
 COLUMNS = ("id", "qid", "question", "context", "answers", "answer_starts")

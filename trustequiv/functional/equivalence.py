@@ -201,7 +201,7 @@ def seed_deviation(replicas: np.ndarray, seed: int = 0) -> np.ndarray:
     recipe: replica ``j_r`` drawn uniformly (stream ``default_rng([seed, 2])``), ``sqrt(k/(k-1)) ·
     (f[j_r, r] - mean_j f[j, r])``, whose variance is the replicas' unbiased ``s²``. Added to the candidate's
     resampled statistic it puts a seed-to-seed spread like the reference recipe's into the shortfall (the
-    population question; :class:`trustequiv.verdict.VerdictSettings` ``candidate_seed_spread``).
+    population question; :class:`trustequiv.verdict.verdict.VerdictSettings` ``candidate_seed_spread``).
 
     Args:
         replicas: ``(k, R)`` the replicas' statistic on each resample, ``k >= 2``.

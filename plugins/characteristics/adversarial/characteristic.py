@@ -3,7 +3,7 @@ weaknesses are (paper B, Rai, Pal & Awekar, arXiv 2407.13174: BERT-ATTACK on IMD
 
 Per model (:meth:`Adversarial.collect`, cached by the pipeline; every finished example is also appended to a
 JSONL file under ``attack_dir`` so a killed run resumes where it stopped): the same ``n_examples`` examples of
-the split (the project's seeded sample, :func:`trustequiv.sampling.sample_positions`, identical for every
+the split (the project's seeded sample, :func:`trustequiv.data.sampling.sample_positions`, identical for every
 model and the ones attribution explains) are attacked through a TextAttack model wrapper over the model's
 text scorer (:mod:`.wrapper`; any model source with a scorer, ONNX included). Metrics: attack success rate,
 accuracy under attack, mean share of words perturbed, mean queries, skipped count (TextAttack's definitions;
@@ -36,6 +36,7 @@ from plugins.characteristics.adversarial.runner import read_jsonl, reusable_unde
 from plugins.characteristics.adversarial.wrapper import TextClassifier, textattack_wrapper
 from trustequiv.cache import content_key
 from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
+from trustequiv.data.sampling import SAMPLER, sample_positions
 from trustequiv.functional.adversarial import (
     attack_summary,
     attacked_set_jaccard,
@@ -44,9 +45,8 @@ from trustequiv.functional.adversarial import (
     success_set,
     transfer_rate,
 )
+from trustequiv.models.source import ModelHandle
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
-from trustequiv.sampling import SAMPLER, sample_positions
-from trustequiv.sources import ModelHandle
 
 log = logging.getLogger(__name__)
 # sentence-transformers draws a progress bar per encode() call when its logger is at INFO (Hydra's default):
@@ -64,7 +64,7 @@ class Adversarial(Characteristic):
     Args:
         recipe: ``"bert-attack"`` (assembled, offline-capable) or another TextAttack recipe name.
         n_examples: examples attacked per model: the seeded sample of
-            :func:`trustequiv.sampling.sample_positions`, the examples attribution explains (null = all).
+            :func:`trustequiv.data.sampling.sample_positions`, the examples attribution explains (null = all).
             Since that sampler replaced the attack's own (``random.Random(seed)``), earlier runs' numbers
             came from other examples.
         seed: the attack's random seed (Python, NumPy, torch, transformers); it no longer picks the examples.

@@ -1,6 +1,6 @@
-"""A TextAttack model wrapper over a model's :class:`trustequiv.scorer.TextScorer`.
+"""A TextAttack model wrapper over a model's :class:`trustequiv.models.scorer.TextScorer`.
 
-The scorer is the project's one route from texts to probabilities (torch: :class:`trustequiv.scorer.
+The scorer is the project's one route from texts to probabilities (torch: :class:`trustequiv.models.scorer.
 TorchTextScorer`; other sources their own): the same tokenization as the cached outputs (``truncation=True,
 max_length=task.max_length``, sentence pairs as ``(text_a, text_b)``), logit columns in the task's canonical
 label order, softmax. TextAttack calls the wrapper with a list of strings, or of ``(premise, hypothesis)``
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from trustequiv.scorer import TextScorer
+from trustequiv.models.scorer import TextScorer
 
 
 class TextClassifier:

@@ -1,7 +1,7 @@
 """Interpretability alignment: do the two models rest their predictions on the same words?
 
 Per model (:meth:`AttributionCharacteristic.collect`, cached, once per model and split): word-level
-attributions of ``n_examples`` examples (the project's seeded sample, :func:`trustequiv.sampling.
+attributions of ``n_examples`` examples (the project's seeded sample, :func:`trustequiv.data.sampling.
 sample_positions`: the examples the adversarial characteristic attacks), for EVERY class (LIME and SHAP give
 all classes from the same perturbations; IG runs once per class), for each run seed. Storing every class is
 what lets ``explained_class="reference_prediction"`` work although ``collect`` sees one model at a time, and
@@ -29,12 +29,12 @@ from plugins.characteristics.attribution.figures import heatmap_figure, heatmap_
 from plugins.characteristics.attribution.perturb import DEFAULT_WORD_PATTERN, WordFeatures, word_keys
 from trustequiv.cache import OutputCache, content_key
 from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
+from trustequiv.data.sampling import SAMPLER, sample_positions
 from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
 from trustequiv.functional.bootstrap import paired_bootstrap
+from trustequiv.models.scorer import TextScorer
+from trustequiv.models.source import ModelHandle
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
-from trustequiv.sampling import SAMPLER, sample_positions
-from trustequiv.scorer import TextScorer
-from trustequiv.sources import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class AttributionCharacteristic(Characteristic):
 
     Args:
         n_examples: examples explained per split: the seeded sample of
-            :func:`trustequiv.sampling.sample_positions` (the adversarial characteristic attacks the same
+            :func:`trustequiv.data.sampling.sample_positions` (the adversarial characteristic attacks the same
             ones; since that sampler replaced attribution's own, earlier runs' numbers came from other
             examples); null: all.
         seeds: run seeds (paper A: 42, 43, 44); each example's sampler is seeded from (seed, example id).
@@ -75,7 +75,7 @@ class AttributionCharacteristic(Characteristic):
         word_pattern: regex of a word feature (paper A's PI SHAP tokenizer ``\\w+|[^\\w\\s]`` by default).
         mask_token: null deletes a hidden word (LIME's default); a string replaces it (e.g. ``"[MASK]"``).
         batch_tokens, max_batch: the text scorer's batch budget (padded tokens, texts); batch_tokens None
-            = 4096 on CPU, 32768 on GPUs (:class:`trustequiv.scorer.TorchTextScorer`).
+            = 4096 on CPU, 32768 on GPUs (:class:`trustequiv.models.scorer.TorchTextScorer`).
         devices: torch devices; null: every GPU if there is one (and the model may use it), else the CPU.
 
     Raises:

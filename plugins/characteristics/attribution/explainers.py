@@ -9,7 +9,8 @@ The attribution algorithms are the libraries' own (``lime.lime_text.LimeTextExpl
 - a per-example sampler seed (:func:`example_seed`), so every model gets the same perturbations;
 - two passes for large batches: the samplers' draws do not depend on the model's answers, so a first pass
   records every perturbed text of every example (LIME's explainer is stopped right after sampling; SHAP's is
-  fed zeros), the model's text scorer (:class:`trustequiv.scorer.TextScorer`) evaluates all unique texts at
+  fed zeros), the model's text scorer (:class:`trustequiv.models.scorer.TextScorer`) evaluates all unique
+  texts at
   once, and a second pass with the same seeds replays each explainer on the stored probabilities.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from plugins.characteristics.attribution.perturb import WordFeatures, example_seed
-from trustequiv.data import TOKEN_KEYS, pad_features, pad_id_of
+from trustequiv.data.batches import TOKEN_KEYS, pad_features, pad_id_of
 from trustequiv.functional.attribution import aggregate_to_words
 
 Texts = tuple[str, ...]

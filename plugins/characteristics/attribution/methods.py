@@ -12,7 +12,7 @@ import torch
 
 from plugins.characteristics.attribution import explainers
 from plugins.characteristics.attribution.characteristic import AttributionCharacteristic
-from trustequiv.scorer import default_devices
+from trustequiv.models.scorer import default_devices
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@
 - :func:`example_seed`: the sampler seed of one example from the run seed and the example id, so an example
   gets the same perturbations for every model and whatever the order or number of examples (lime #486).
 
-Perturbed texts are scored through the model's :class:`trustequiv.scorer.TextScorer` (the torch one,
-:class:`trustequiv.scorer.TorchTextScorer`, evaluates identical texts once and runs the unique ones in large
+Perturbed texts are scored through the model's :class:`trustequiv.models.scorer.TextScorer` (the torch one,
+:class:`trustequiv.models.scorer.TorchTextScorer`, evaluates identical texts once and runs the unique ones in
+large
 length-sorted batches).
 """
 
