@@ -348,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
 
     from plugins.tasks.classification import fit_inputs, new_classifier
     from trustequiv.models.loading import ModelSpec
+    from trustequiv.plain import plain
     from trustequiv.run.pipeline import load_task_data
-    from trustequiv.run.plan import plain
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(args.task, args.data_dir, f"{tmp}/run")

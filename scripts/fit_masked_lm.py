@@ -45,7 +45,7 @@ def train_texts(data_dir: str | Path, tasks: Sequence[str] = DEFAULT_TASKS) -> l
     """
     from omegaconf import OmegaConf
 
-    from trustequiv.config import CONF_DIR
+    from trustequiv.conf_tree import CONF_DIR
     from trustequiv.data.task_kind import task_kind
 
     texts: list[str] = []

@@ -141,8 +141,8 @@ def test_examples_are_the_shared_sample_in_id_order():
 def test_wrapper_counts_queries_through_the_scorer(tiny_bert):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
+    from trustequiv.models.handle import ModelHandle
     from trustequiv.models.loading import LoadedModel
-    from trustequiv.models.source import ModelHandle
 
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()

@@ -15,9 +15,9 @@ from test_attribution_perturb import HYPOTHESIS, PREMISE, tiny_classifier
 from plugins.characteristics.attribution import IgAttribution, LimeAttribution, ShapAttribution
 from trustequiv.data.sampling import sample_positions
 from trustequiv.functional.attribution import ALIGNMENT_METRICS
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.loading import LoadedModel
 from trustequiv.models.scorer import TorchTextScorer
-from trustequiv.models.source import ModelHandle
 from trustequiv.outputs import ModelOutputs
 
 TASK = {"name": "toy_pair", "label_names": ["negative", "positive"], "pair": True, "max_length": 32}

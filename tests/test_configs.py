@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from trustequiv.characteristic import Characteristic
-from trustequiv.config import available
+from trustequiv.conf_tree import available
 from trustequiv.models.compressor import Compressor
 from trustequiv.run.plan import build_characteristics, model_node, model_sources
 

@@ -23,7 +23,8 @@ from conftest import REPO, compose, tiny_overrides
 
 from trustequiv import user_errors as errors
 from trustequiv.cache import not_readable, not_writable
-from trustequiv.config import available, check_config
+from trustequiv.conf_tree import available
+from trustequiv.config import check_config
 from trustequiv.run import pipeline
 from trustequiv.user_errors import HubUnreachableError, UserError, one_line
 

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import Callback
 
 from plugins.tasks.classification import RECIPE, fit_inputs, new_classifier
 from trustequiv.models.loading import ModelSpec
+from trustequiv.plain import plain
 from trustequiv.run import pipeline
-from trustequiv.run.plan import plain
 from trustequiv.train.trainer import make_trainer
 
 STEPS = 6

@@ -10,8 +10,9 @@ import pytest
 from conftest import compose, tiny_overrides
 
 from trustequiv.models.loading import read_metadata
+from trustequiv.plain import plain
 from trustequiv.run import pipeline
-from trustequiv.run.plan import make_plan, plain
+from trustequiv.run.plan import make_plan
 from trustequiv.user_errors import ConfigError, one_line
 from trustequiv.verdict.noise_floor import auto_seeds, make_noise_floor, wanted_seeds
 

@@ -101,7 +101,7 @@ def test_config_registry_reads_the_installed_package(installed):
     _, venv, work = installed
     # The job names (run dirs outputs/<job>/...) come from the configs, not from trustequiv/cli.py's name.
     code = (
-        "import trustequiv, trustequiv.config as c\n"
+        "import trustequiv, trustequiv.conf_tree as c\n"
         "from hydra import compose, initialize_config_module\n"
         "print(trustequiv.__file__); print(c.CONF_DIR); print(','.join(c.available('task')))\n"
         "with initialize_config_module(c.CONF_PACKAGE, version_base='1.3'):\n"

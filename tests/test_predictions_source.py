@@ -408,7 +408,8 @@ PAPER_B_ARGS = ["experiment=paper_b_squad2_errors", f"paths.data_dir={DATA_DIR}"
 
 @needs_paper_b
 def test_paper_b_matrix_from_the_released_error_sets() -> None:
-    from trustequiv.run.plan import build_characteristics, model_sources, plain
+    from trustequiv.plain import plain
+    from trustequiv.run.plan import build_characteristics, model_sources
 
     cfg = compose("evaluate", [*PAPER_B_ARGS, "paths.output_dir=unused"])
     task_cfg = plain(cfg.task)

@@ -21,6 +21,7 @@ from plugins.tasks.extractive_qa import (
     qa_outputs_from_logits,
     qa_settings,
 )
+from trustequiv.plain import plain
 from trustequiv.run import pipeline, plan
 from trustequiv.train import fine_tune as training
 
@@ -282,7 +283,7 @@ def test_squad2_ood_sets_on_real_data():
     )
     dd = pipeline.load_task_data(cfg)
     assert {k: len(v) for k, v in dd.items()} == {"train": 4450, "validation": 486, "test": 1142}
-    sets = plan.ood_sets(cfg, plan.plain(cfg.task))
+    sets = plan.ood_sets(cfg, plain(cfg.task))
     assert {k: len(v[1]) for k, v in sets.items()} == {"subjqa/test": 2362, "covid_qa/test": 1380}
 
 
@@ -350,10 +351,10 @@ def test_optional_ood_set_is_skipped_when_missing(squad_dir):
         f"paths.data_dir={squad_dir}",
     ]
     cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test?]"])
-    assert plan.ood_sets(cfg, plan.plain(cfg.task)) == {}
+    assert plan.ood_sets(cfg, plain(cfg.task)) == {}
     cfg = compose("evaluate", [*base, "ood=[qa/newsqa/test]"])
     with pytest.raises(FileNotFoundError, match="newsqa"):
-        plan.ood_sets(cfg, plan.plain(cfg.task))
+        plan.ood_sets(cfg, plain(cfg.task))
 
 
 def test_qa_characteristic_aligns_rows_by_id():

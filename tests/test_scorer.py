@@ -12,9 +12,9 @@ from conftest import synthetic_sentence
 from datasets import Dataset
 
 from trustequiv.data.batches import PadCollator, TaskDataModule, encode_split, pad_features
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.loading import LoadedModel
 from trustequiv.models.scorer import TextScorer, TorchTextScorer
-from trustequiv.models.source import ModelHandle
 from trustequiv.train.lightning_module import SequenceClassifier
 
 PERM = [1, 0]  # the checkpoint's classes in the opposite order to the task's

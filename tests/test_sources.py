@@ -34,7 +34,8 @@ def test_registries_list_the_plugins():
 def tiny_ref(tmp_path_factory, tiny_bert, synthetic_data_dir):
     """A fine-tuned tiny reference on the synthetic SST-2 task."""
     tmp = tmp_path_factory.mktemp("sources")
-    from trustequiv.run.plan import model_sources, plain
+    from trustequiv.plain import plain
+    from trustequiv.run.plan import model_sources
     from trustequiv.train.checkpoints import ensure_checkpoint
 
     cfg = compose("evaluate", tiny_overrides(tmp, tiny_bert, synthetic_data_dir, *FAST))

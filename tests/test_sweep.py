@@ -300,9 +300,9 @@ def test_job_without_outputs_and_unreadable_results_are_listed(tmp_path, conf_di
 
 
 def test_callback_builds_into_the_sweep_dir(sweep_dir, conf_dir, monkeypatch):
-    import trustequiv.config
+    import trustequiv.report.sweep
 
-    monkeypatch.setattr(trustequiv.config, "CONF_DIR", conf_dir)
+    monkeypatch.setattr(trustequiv.report.sweep, "CONF_DIR", conf_dir)
     cfg = OmegaConf.create({"characteristic": {}, "hydra": {"sweep": {"dir": str(sweep_dir)}}})
     cb = SweepCallback()
     cb.on_multirun_start(cfg)

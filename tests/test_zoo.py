@@ -7,7 +7,7 @@ import pytest
 from conftest import CONF, compose
 from omegaconf import OmegaConf
 
-from trustequiv.config import available
+from trustequiv.conf_tree import available
 from trustequiv.data.labels import label_permutation
 from trustequiv.models.zoo import zoo_entry
 

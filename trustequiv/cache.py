@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
+from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 
 from trustequiv.outputs import ModelOutputs
@@ -489,7 +490,6 @@ class OutputCache:
 @functools.cache
 def _prediction_writer() -> type:
     # Defined on first use: importing lightning takes seconds, and most users of this module never predict.
-    from lightning.pytorch.callbacks import BasePredictionWriter
 
     class PartialPredictionWriter(BasePredictionWriter):
         """Writes each predicted batch to the cache's partial dir when it finishes: a killed run resumes

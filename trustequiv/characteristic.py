@@ -120,7 +120,7 @@ class Characteristic(ABC):
         """Per-model work that needs the model itself; the result must be JSON-serialisable (it is cached).
 
         Args:
-            model: a :class:`trustequiv.models.source.ModelHandle`: ``model.scorer(task)`` scores texts (every
+            model: a :class:`trustequiv.models.handle.ModelHandle`: ``model.scorer(task)`` scores texts (every
                 source that has a model), ``model.loaded`` is the torch model for gradient methods (None
                 where the source has none, e.g. ONNX: raise a ValueError saying so).
             outputs: the model's cached outputs on this split.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from trustequiv.conf_tree import CONF_PACKAGE
 from trustequiv.config import (
-    CONF_PACKAGE,
     check_config,
     lightning_logs_once,
     quiet_import_noise,
@@ -38,6 +38,7 @@ def train_job(cfg: DictConfig) -> None:
     # Known failures end in one line, `error: <what> - fix: <how>`, exit status 2 (trustequiv.user_errors).
     with reported():
         check_config(cfg)
+        # imported after quiet_third_party(): the environment is set before torch, transformers and W&B load
         from trustequiv.run.pipeline import train
 
         lightning_logs_once()
@@ -50,6 +51,7 @@ def evaluate_job(cfg: DictConfig) -> None:
     directory, for scripts."""
     with reported():
         check_config(cfg)
+        # imported after quiet_third_party(), as above
         from trustequiv.run.pipeline import evaluate
 
         lightning_logs_once()

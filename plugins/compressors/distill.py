@@ -12,10 +12,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from plugins.compressors.layer_drop import LayerDrop
+from trustequiv.data.splits import split_fingerprint
 from trustequiv.models.compressor import CalibrationData, Compressor
+from trustequiv.models.loading import local_dir
 from trustequiv.train.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
+from trustequiv.train.fine_tune import optimizer_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +91,6 @@ class Distill(Compressor):
         head over the teacher's classes, in the teacher's column order."""
         if self.student == LAYER_DROP:
             return LayerDrop(keep=self.keep).compress(model)
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from trustequiv.models.loading import local_dir
 
         directory = local_dir(self.student)
         config = model.config
@@ -117,7 +118,6 @@ class Distill(Compressor):
         dataset: Any,
         ctx: Any,
     ) -> DistillationModule:
-        from trustequiv.train.fine_tune import optimizer_settings
 
         if ctx is None:
             raise ValueError(
@@ -188,7 +188,6 @@ def teacher_train_outputs(
     The global random generators are left as they were, so the student trains the same whether the outputs
     were cached or predicted.
     """
-    from trustequiv.data.splits import split_fingerprint
 
     train = dataset["train"]
     name = getattr(base_spec, "name", None) or Path(base.directory).name

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.quantization import quantize_dynamic
 
 from trustequiv.models.compressor import Compressor
 
@@ -42,6 +43,7 @@ class QuantizeDynamic(Compressor):
     def on_load(self, model: nn.Module) -> nn.Module:
         if self.backend == "torchao":
             try:
+                # optional dependency (the [quantize] extra): imported when used
                 from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
             except ImportError as err:
                 raise ImportError("compressor.backend=torchao needs `pip install torchao`") from err
@@ -49,7 +51,6 @@ class QuantizeDynamic(Compressor):
             return model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torch.ao.quantization import quantize_dynamic
 
             return quantize_dynamic(model.float().cpu(), {nn.Linear}, dtype=getattr(torch, self.dtype))
 

@@ -18,6 +18,7 @@ def _import_torchao():
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
+        # optional dependency (the [quantize] extra): imported when used
         from torchao.quantization import IntxWeightOnlyConfig, PerAxis, PerGroup, quantize_
     except ImportError as err:
         raise ImportError(

@@ -14,15 +14,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.loading import (
     ModelSpec,
     check_model_inputs,
+    checkpoint_label_names,
     fingerprint,
     local_dir,
     read_metadata,
     resolve_checkpoint,
 )
-from trustequiv.models.source import ModelHandle, ModelSource, RunContext
+from trustequiv.models.scorer import TorchTextScorer
+from trustequiv.models.source import ModelSource, RunContext
 from trustequiv.models.zoo import zoo_entry
 from trustequiv.outputs import ModelOutputs
 from trustequiv.train.checkpoints import ensure_checkpoint
@@ -131,7 +134,6 @@ class HFSource(ModelSource):
         )
 
     def handle(self, ctx: RunContext) -> ModelHandle:
-        from trustequiv.models.scorer import TorchTextScorer
 
         return TorchTextScorer.handle(
             self._load(ctx), name=self.name, fingerprint=self.fingerprint, source=self.kind
@@ -141,7 +143,6 @@ class HFSource(ModelSource):
         self._loaded = None
 
     def column_label_names(self) -> list[str] | None:
-        from trustequiv.models.loading import checkpoint_label_names
 
         try:
             return checkpoint_label_names(self.directory, self.spec.label_names)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.jit import TracerWarning
 
 from trustequiv.cache import atomic_save, path_lock
 from trustequiv.data.batches import (
@@ -68,6 +70,7 @@ from trustequiv.data.batches import (
 )
 from trustequiv.data.labels import id2label_names, label_permutation
 from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.loading import (
     METADATA_FILE,
     check_max_length,
@@ -78,7 +81,7 @@ from trustequiv.models.loading import (
     read_metadata,
 )
 from trustequiv.models.scorer import BatchedTextScorer
-from trustequiv.models.source import ModelHandle, ModelSource, RunContext, build_source
+from trustequiv.models.source import ModelSource, RunContext, build_source
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key, unique_rows
 from trustequiv.train.lightning_module import pool
@@ -115,7 +118,6 @@ _PROBE_B = ("a lazy dog sleeps", "world")
 
 def require_runtime() -> None:
     """Raises ImportError (one line, naming the install) when onnx or onnxruntime is missing."""
-    import importlib.util
 
     missing = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
     if missing:
@@ -155,6 +157,7 @@ def external_data_files(onnx_file: Path) -> list[Path]:
         trustequiv.user_errors.CheckpointError: the file is not a readable ONNX model (truncated, empty,
         other).
     """
+    # optional dependency (the [onnx] extra): imported when used
     import onnx
 
     try:
@@ -258,6 +261,7 @@ def read_config_json(directory: Path) -> dict[str, Any]:
 def open_session(onnx_file: Path, threads: int | None = None):
     """An ``onnxruntime.InferenceSession`` on the CPU provider (all graph optimizations; ``threads``
     intra-op threads, None: onnxruntime's default, one per physical core)."""
+    # optional dependency (the [onnx] extra): imported when used
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -515,7 +519,6 @@ def export_classifier(
         RuntimeError: torch cannot export the model (e.g. a torch.ao-quantized one), or the fp32 export
             differs from torch by more than :data:`EXPORT_TOLERANCE` (the message names the fix).
     """
-    from torch.jit import TracerWarning
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.export-{os.getpid()}-{secrets.token_hex(3)}")
@@ -575,6 +578,7 @@ def export_classifier(
         }
         quant = export.get("quantize")
         if quant:
+            # optional dependency (the [onnx] extra): imported when used
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             int8 = tmp / "model.int8.onnx"

@@ -55,7 +55,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file
 
+from trustequiv.data.task_kind import task_kind
 from trustequiv.models.source import ModelSource, RunContext
 from trustequiv.outputs import ModelOutputs
 
@@ -243,8 +245,6 @@ def read_embeddings(path: Path, ids_path: Path | None) -> tuple[list[Any], np.nd
             ``.npy`` without ids. FileNotFoundError: the ids file is missing.
     """
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
         tensors = load_file(str(path))
         if "example_id" not in tensors or "embeddings" not in tensors:
             raise ValueError(
@@ -621,7 +621,6 @@ def _kind_of(task_cfg: Mapping[str, Any], ctx: RunContext | None):
     """The task kind of ``task_cfg`` (its CSV columns); the run's when it is the evaluated task."""
     if ctx is not None and str(ctx.task_cfg["name"]) == str(task_cfg["name"]):
         return ctx.kind
-    from trustequiv.data.task_kind import task_kind
 
     return task_kind(task_cfg)
 

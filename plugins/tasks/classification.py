@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data.batches import EncodedSplit, TaskDataModule, encode_split
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 def new_classifier(spec: ModelSpec, task_cfg: Mapping[str, Any]):
     """``(model, tokenizer)``: ``spec.pretrained`` with a new classification head over the task's labels."""
-    from transformers import AutoModelForSequenceClassification
 
     label_names = list(task_cfg["label_names"])
     directory = local_dir(spec.pretrained, spec.revision)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from transformers import AutoModelForQuestionAnswering
 
 from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data.batches import LengthSortedBatchSampler
@@ -210,7 +211,6 @@ def load_qa_model(
     Same signature as :func:`trustequiv.models.loading.load_classifier`; the label arguments are unused.
     (Checks that refuse a checkpoint of another kind are :func:`trustequiv.models.loading.load_checkpoint`'s.)
     """
-    from transformers import AutoModelForQuestionAnswering
 
     return load_checkpoint(
         local_dir(checkpoint, revision),
@@ -483,7 +483,6 @@ def predict_qa_outputs(
 
 # ---------------------------------------------------------------- fine-tuning
 def _new_qa_model(pretrained: str, revision: str | None, trust_remote_code: bool):
-    from transformers import AutoModelForQuestionAnswering
 
     directory = local_dir(pretrained, revision)
     tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)  # first: fails in a second

@@ -61,11 +61,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 
 from plugins.tasks.formats import FORMATS, read_rows
 from trustequiv.data.labels import LabelMismatchError, label_permutation, resolve_label
 from trustequiv.data.splits import hash_split
+from trustequiv.plain import plain
 from trustequiv.user_errors import MissingFileError, check_hub
 
 __all__ = ["GlueTaskLoader", "TextClassificationLoader"]
@@ -100,17 +102,6 @@ class _Part:
 
     def __len__(self) -> int:
         return len(self.text_a)
-
-
-def _plain(obj: Any) -> Any:
-    """DictConfig/ListConfig -> plain containers (Hydra passes nested config nodes as DictConfig)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
-        return obj
-    if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
-    return obj
 
 
 def _check_layout(where: str, spec: Mapping[str, Any] | None, source_key: str) -> None:
@@ -162,10 +153,10 @@ class TextClassificationLoader:
     ) -> None:
         self.task = str(task)
         self.pair = bool(pair)
-        self.hub = _plain(hub)
-        self.local = _plain(local)
+        self.hub = plain(hub)
+        self.local = plain(local)
         self.split_seed = int(split_seed)
-        self.aliases = dict(_plain(aliases) or {})
+        self.aliases = dict(plain(aliases) or {})
         if self.hub is None and self.local is None:
             raise ValueError(f"task {self.task!r}: the loader needs a `hub` or a `local` source")
         _check_layout(f"task {self.task!r} loader.hub", self.hub, "split")
@@ -215,7 +206,6 @@ class TextClassificationLoader:
     # ------------------------------------------------------------------ hub
     def _hub_label_map(self, features: Any, column: str, label_names: list[str]) -> np.ndarray | None:
         """Table source index -> canonical index from a ClassLabel (None: use the explicit ``hub.labels``)."""
-        import datasets
 
         feature = features[column]
         if isinstance(feature, datasets.ClassLabel):
@@ -238,7 +228,6 @@ class TextClassificationLoader:
         return None
 
     def _load_hub(self, label_names: list[str]) -> dict[str, _Part]:
-        import datasets
 
         hub = self.hub
         if hub is None:
@@ -452,7 +441,6 @@ class TextClassificationLoader:
             )
 
     def _to_dataset_dict(self, parts: Mapping[str, _Part]) -> Any:
-        import datasets
 
         features = {"id": datasets.Value("int64"), "text_a": datasets.Value("string")}
         if self.pair:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 PLACEHOLDER = "unlisted:"
 
 
@@ -107,7 +109,6 @@ class IdListLoader:
             ValueError: ``data_dir`` is None (these files are local only), or from :meth:`qids`.
             FileNotFoundError: a listed file is missing.
         """
-        import datasets
 
         if data_dir is None:
             raise ValueError(

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from trustequiv.data.splits import hash_split
 
 NO_ANSWER = "ANSWERNOTFOUND"
@@ -197,7 +199,6 @@ class QALoader:
         return {name: [rows[i] for i in pos] for name, pos in parts.items()}
 
     def _load_hub(self) -> Any:
-        import datasets
 
         if not self.hub:
             raise ValueError(
@@ -215,7 +216,6 @@ class QALoader:
 
 
 def _dataset_dict(parts: Mapping[str, list[dict[str, Any]]]) -> Any:
-    import datasets
 
     return datasets.DatasetDict(
         {

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "DEFAULT_ALIASES",
@@ -210,7 +211,6 @@ def best_label_permutation(
     Raises:
         ValueError: shapes do not match, no example is labelled, or an id lies outside ``range(n_classes)``.
     """
-    from scipy.optimize import linear_sum_assignment
 
     scores = _as_numpy(logits_or_predictions)
     gold = _as_numpy(labels).astype(np.int64).reshape(-1)

@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import datasets
+
 __all__ = ["hash_split", "hash_unit", "split_fingerprint"]
 
 logger = logging.getLogger(__name__)
@@ -108,7 +110,6 @@ def split_fingerprint(split: Any, batch_size: int = 10_000) -> str:
     Raises:
         TypeError: ``split`` is not a ``datasets.Dataset`` (e.g. a whole ``DatasetDict``).
     """
-    import datasets
 
     if not isinstance(split, datasets.Dataset):
         raise TypeError(

@@ -138,6 +138,7 @@ _warned_no_faiss = False
 def _import_faiss() -> Any:
     """The faiss module, or None when it is not installed (looked up on each call: cheap, and patchable)."""
     try:
+        # optional dependency (the [knn] extra): imported when used
         import faiss
     except ImportError:
         return None

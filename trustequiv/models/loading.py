@@ -26,6 +26,18 @@ from trustequiv.cache import (
 )
 from trustequiv.models.compressor import Compressor
 from trustequiv.data.labels import id2label_names, label_permutation
+from huggingface_hub import snapshot_download
+from hydra.utils import get_class
+from safetensors import safe_open
+from transformers import AutoConfig
+from transformers import AutoModelForSequenceClassification
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+from trustequiv.conf_tree import CONF_DIR, available
+from trustequiv.user_errors import CheckpointError
+from trustequiv.user_errors import ConfigError
+from trustequiv.user_errors import HubUnreachableError, MissingFileError, check_hub, hub_offline
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +164,7 @@ def compressor_registry() -> dict[str, type[Compressor]]:
     """Compressor name -> class, from the project's own ``conf/compressor/<name>.yaml`` files (the plugin
     registry): each names its class under ``plugins.compressors``. Only these names can be built, so a new
     compressor is a class plus its config file."""
-    from hydra.utils import get_class
 
-    from trustequiv.config import CONF_DIR, available
 
     registry: dict[str, type[Compressor]] = {}
     for name in available("compressor"):
@@ -233,7 +243,6 @@ def local_dir(checkpoint: str, revision: str | None = None) -> Path:
         trustequiv.user_errors.HubUnreachableError: the hub does not answer and no snapshot is cached (a
             ConnectionError).
     """
-    from trustequiv.user_errors import HubUnreachableError, MissingFileError, check_hub, hub_offline
 
     path = Path(checkpoint).expanduser()
     if path.is_dir():
@@ -250,7 +259,6 @@ def local_dir(checkpoint: str, revision: str | None = None) -> Path:
             "check the path in model.checkpoint (or model.pretrained); relative paths start from the "
             "directory the command runs in",
         )
-    from huggingface_hub import snapshot_download
 
     try:
         check_hub(f"model '{checkpoint}'", _NO_HUB_FIX)
@@ -379,7 +387,6 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     Raises:
         trustequiv.user_errors.CheckpointError: it is not a JSON object (a ValueError, as JSON's own errors).
     """
-    from trustequiv.user_errors import CheckpointError
 
     p = Path(directory) / METADATA_FILE
     if not p.exists():
@@ -409,9 +416,7 @@ def load_config(directory: str | Path, *, trust_remote_code: bool = False) -> An
         trustequiv.user_errors.CheckpointError: its ``config.json`` is not valid JSON or names no model type
             transformers knows (transformers raises an OSError or ValueError with several lines).
     """
-    from transformers import AutoConfig
 
-    from trustequiv.user_errors import CheckpointError
 
     try:
         return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
@@ -433,9 +438,7 @@ def load_tokenizer(directory: str | Path, *, trust_remote_code: bool = False) ->
         trustequiv.user_errors.CheckpointError: it cannot be loaded (e.g. a checkpoint saved without its tokenizer
             files: transformers then fails deep inside with a TypeError).
     """
-    from transformers import AutoTokenizer
 
-    from trustequiv.user_errors import CheckpointError
 
     try:
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
@@ -495,7 +498,6 @@ def check_max_length(directory: str | Path, config: Any, task_cfg: Mapping[str, 
     Raises:
         trustequiv.user_errors.ConfigError: the key, the value and the model's limit.
     """
-    from trustequiv.user_errors import ConfigError
 
     limit = input_limit(directory, config)
     wanted = task_cfg.get("max_length")
@@ -514,7 +516,6 @@ def check_layer(directory: str | Path, config: Any, predict_cfg: Mapping[str, An
     Raises:
         trustequiv.user_errors.ConfigError: the key, the value and the layers there are.
     """
-    from trustequiv.user_errors import ConfigError
 
     n = _setting(config, "num_hidden_layers", "n_layers", "n_layer")
     layer = predict_cfg.get("layer")
@@ -601,7 +602,6 @@ def load_classifier(
             refusals of :func:`load_checkpoint`.
         trustequiv.data.labels.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
     """
-    from transformers import AutoModelForSequenceClassification
 
     directory = local_dir(checkpoint, revision)
     config = load_config(directory, trust_remote_code=trust_remote_code)
@@ -650,7 +650,6 @@ def check_architecture(directory: Path, config: Any, model_class: Any) -> None:
     Raises:
         trustequiv.user_errors.CheckpointError: e.g. a ``BertForQuestionAnswering`` loaded as a classifier.
     """
-    from trustequiv.user_errors import CheckpointError
 
     archs = [str(a) for a in (getattr(config, "architectures", None) or [])]
     wanted = _head(model_class)
@@ -675,7 +674,6 @@ def check_num_labels(
     Raises:
         trustequiv.user_errors.CheckpointError: the counts differ.
     """
-    from trustequiv.user_errors import CheckpointError
 
     if declared and len(declared) != num_labels:
         raise CheckpointError(
@@ -698,9 +696,7 @@ def check_weight_files(directory: Path) -> None:
     Raises:
         trustequiv.user_errors.CheckpointError: a file that safetensors cannot open.
     """
-    from safetensors import safe_open
 
-    from trustequiv.user_errors import CheckpointError
 
     for path in sorted(Path(directory).glob("*.safetensors")):
         try:
@@ -717,7 +713,6 @@ def check_weight_files(directory: Path) -> None:
 def _checkpoint_keys(directory: Path) -> set[str] | None:
     """The tensor names of the ``*.safetensors`` weights in ``directory`` (headers only), None when the
     weights are in another format (``.bin``: reading their names means unpickling them)."""
-    from safetensors import safe_open
 
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
@@ -739,7 +734,6 @@ def check_head(directory: Path, config: Any, model_class: Any, *, trust_remote_c
     Raises:
         trustequiv.user_errors.CheckpointError: the head's weights are not in the checkpoint.
     """
-    import torch
 
     check_weight_files(directory)  # a corrupt file is named as such, not as a missing head
     have = _checkpoint_keys(directory)
@@ -760,7 +754,6 @@ def check_head(directory: Path, config: Any, model_class: Any, *, trust_remote_c
 
 def _refuse_new_weights(directory: Path, model: nn.Module, missing: list[str]) -> None:
     """Refuse a load that left weights newly (randomly) initialised: the checkpoint lacks them."""
-    from trustequiv.user_errors import CheckpointError
 
     if not missing:
         return
@@ -796,9 +789,7 @@ def load_checkpoint(
             corrupt or truncated weights file (:func:`check_weight_files`) or weights transformers would
             initialise at random (a head that was never fine-tuned).
     """
-    from transformers.utils import logging as hf_logging
 
-    from trustequiv.user_errors import CheckpointError
 
     config = load_config(directory, trust_remote_code=trust_remote_code)
     check_architecture(directory, config, model_class)

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from trustequiv.data.batches import TOKEN_KEYS, pad_features, pad_id_of
+from trustequiv.models.handle import ModelHandle
 
-if TYPE_CHECKING:
-    from trustequiv.models.source import ModelHandle
 
 
 class TextScorer(ABC):
@@ -238,15 +237,13 @@ class TorchTextScorer(BatchedTextScorer):
         max_batch: int = 1024,
         devices: Sequence[str] | None = None,
     ) -> ModelHandle:
-        """The :class:`trustequiv.models.source.ModelHandle` of a loaded torch model: ``scorer(task)`` builds a
+        """The :class:`trustequiv.models.handle.ModelHandle` of a loaded torch model: ``scorer(task)`` builds a
         :meth:`from_loaded` scorer at the task's ``max_length``; ``loaded`` gives gradient methods the model.
 
         Args:
             name: the model's name in results (default: its checkpoint directory's name);
             fingerprint: its content hash (default: ``loaded.fingerprint``); source: the source's kind.
         """
-        from trustequiv.models.source import ModelHandle  # sources imports this module
-
         def scorer(task: Any) -> TorchTextScorer:
             return cls.from_loaded(
                 loaded,

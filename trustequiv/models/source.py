@@ -27,8 +27,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trustequiv.outputs import ModelOutputs
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.scorer import TextScorer
 from trustequiv.data.task_kind import TaskKind
+from trustequiv.plain import plain
 
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -63,38 +65,6 @@ class RunContext:
     dataset: Callable[[], Any] = field(default=lambda: None, repr=False)
     logger: Any = None
     callbacks_cfg: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ModelHandle:
-    """What characteristics that run the model again (:meth:`Characteristic.collect`) receive.
-
-    Attributes:
-        name: the model's name; fingerprint: its content hash (part of their own cache keys).
-        scorer: ``scorer(task_cfg)`` -> a :class:`TextScorer` (texts -> probabilities in canonical label
-            order); batching options go through its ``configure``.
-        loaded: the :class:`trustequiv.models.loading.LoadedModel` (torch model, tokenizer, label permutation) when
-            the source has one, for gradient methods (IG); None otherwise (ONNX).
-        source: the source's kind (``hf``, ``onnx`` ...), for messages.
-    """
-
-    name: str
-    fingerprint: str
-    scorer: Callable[..., TextScorer]
-    loaded: Any = None
-    source: str = "hf"
-    cpu_only: bool = False
-
-    def __getattr__(self, item: str) -> Any:
-        # A LoadedModel's attributes (model, tokenizer, label_permutation, directory ...) for code written
-        # against it; a clear error where the source has no torch model.
-        loaded = self.__dict__.get("loaded")
-        if loaded is None:
-            raise AttributeError(
-                f"{self.__dict__.get('name')}: a {self.__dict__.get('source')} model has no torch model "
-                f"('{item}'): this characteristic cannot run on it"
-            )
-        return getattr(loaded, item)
 
 
 class ModelSource(ABC):
@@ -149,8 +119,6 @@ class ModelSource(ABC):
         return None, f"a {self.kind} source has no fine-tuning recipe to repeat with another seed"
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_source(model_cfg: Any, compressor_cfg: Any = None) -> ModelSource:
@@ -160,8 +128,8 @@ def build_source(model_cfg: Any, compressor_cfg: Any = None) -> ModelSource:
         ValueError: an unknown source name (lists the available ones), or a compressor given to a source
             that cannot take one.
     """
-    m = dict(_plain(model_cfg) or {})
-    c = _plain(compressor_cfg) or None
+    m = dict(plain(model_cfg) or {})
+    c = plain(compressor_cfg) or None
     name = str(m.get("source") or "hf")
     cls = None
     if _SOURCE_NAME.match(name):

@@ -29,21 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from trustequiv.plain import plain
 
 __all__ = ["zoo_entry"]
 
 _KEYS = {"checkpoint", "label_names", "revision"}
 
 
-def _plain(node: Any) -> Any:
-    """An OmegaConf node as plain Python containers (resolving interpolations); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return node
-    if isinstance(node, DictConfig | ListConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def zoo_entry(model_cfg: Mapping, task_name: str) -> dict | None:
@@ -63,7 +55,7 @@ def zoo_entry(model_cfg: Mapping, task_name: str) -> dict | None:
         ValueError: a malformed entry (not a mapping, no checkpoint, unknown keys, label names that are not
             distinct strings); the message names the model, the task and the fix.
     """
-    zoo = _plain(model_cfg.get("zoo")) if model_cfg is not None else None
+    zoo = plain(model_cfg.get("zoo")) if model_cfg is not None else None
     if not zoo:
         return None
     name = model_cfg.get("name", "?")

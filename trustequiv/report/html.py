@@ -15,9 +15,10 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from trustequiv.cache import atomic_write_text
 from trustequiv.characteristic import pair_name
 from trustequiv.outputs import ModelOutputs, align
-from trustequiv.report.run_report import format_cell, headline_rows
+from trustequiv.report.tables import format_cell, headline_rows
 
 #: decision -> (CSS class, symbol): the symbol and the words carry the decision without colour.
 DECISIONS = {
@@ -557,6 +558,5 @@ def write_html_report(
     **kwargs: Any,
 ) -> None:
     """Write :func:`render_html` to ``path`` (UTF-8); ``kwargs`` go to it."""
-    from trustequiv.cache import atomic_write_text  # a killed run leaves the old report or the new one
 
     atomic_write_text(render_html(results, figures, flips, title, **kwargs), path)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import CSVLogger
+
 
 def make_csv_logger(logger_cfg: Mapping[str, Any] | None, *, save_dir: str | Path, name: str | None = None):
     """A Lightning ``CSVLogger`` when ``logger_cfg`` has a ``csv`` block (conf/logger/csv.yaml), else None.
@@ -21,6 +23,5 @@ def make_csv_logger(logger_cfg: Mapping[str, Any] | None, *, save_dir: str | Pat
     c = dict((logger_cfg or {}).get("csv") or {})
     if not c and "csv" not in (logger_cfg or {}):
         return None
-    from lightning.pytorch.loggers import CSVLogger
 
     return CSVLogger(save_dir=str(c.get("save_dir") or save_dir), name=str(c.get("name") or name or "csv"))

@@ -6,12 +6,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.table import Table
+
 from trustequiv.cache import atomic_open, atomic_write_text
+from trustequiv.characteristic import pair_name
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
+from trustequiv.plain import plain
+from trustequiv.report.html import flipped_examples, write_html_report
+from trustequiv.report.tables import format_cell, headline_rows, markdown_table
+from trustequiv.run.comparison import headline_columns
+from trustequiv.verdict.verdict import verdict_table
 
 
 def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, str] | None = None) -> None:
@@ -47,7 +58,6 @@ def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, s
 
 def save_figures(figures: Mapping[str, Any], directory: Path) -> dict[str, Path]:
     """Save matplotlib figures as PNG (150 dpi) and close them; returns name -> path."""
-    import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -70,48 +80,7 @@ def write_per_example(per_example: Mapping[str, Mapping[str, Sequence]], directo
             w = csv.writer(fh)
             w.writerow(keys)
             for i in range(n):
-                w.writerow([_plain(cols[k][i]) for k in keys])
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
-
-
-_COUNTS = ("n_", "correct_to_wrong", "wrong_to_correct")
-
-
-def format_cell(v: Any, column: str = "") -> str:
-    """A table cell: counts as integers, other floats to 4 decimals, NaN as ``nan``."""
-    if isinstance(v, float) and column.startswith(_COUNTS) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(format_cell(r.get(c, ""), c) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def headline_rows(
-    metrics: Mapping[str, float], scopes: Sequence[str], wanted: Sequence[str], prefix: str = ""
-) -> list[dict[str, Any]]:
-    """One row per scope (model or pair) with the wanted metric names, found under any characteristic."""
-    rows = []
-    for scope in scopes:
-        row: dict[str, Any] = {"": scope}
-        for m in wanted:
-            for key, v in metrics.items():
-                if key.startswith(prefix) and key.endswith(f"/{scope}/{m}"):
-                    row[m] = v
-                    break
-        rows.append(row)
-    return rows
+                w.writerow([plain(cols[k][i]) for k in keys])
 
 
 def pair_findings(metrics: Mapping[str, float], pair: str, min_effect: float = 0.005) -> list[str]:
@@ -190,10 +159,6 @@ def write_report(
 
 def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
     """Rich tables of the headline numbers on the terminal."""
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
 
     # Off a terminal rich assumes 80 columns and would cut metric names.
     console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -239,8 +204,6 @@ def report_run(
         :func:`trustequiv.verdict.verdict.judge`'s result (results.json ``"verdict"``, the report's first
         table).
     """
-    from trustequiv.characteristic import pair_name
-    from trustequiv.run.comparison import headline_columns
 
     figure_paths: dict[str, Path] = {}
     for label, res in comparison.results.items():
@@ -275,8 +238,6 @@ def report_run(
             comparison.metrics, floor_pairs, pair_cols
         )
     if verdict:
-        from trustequiv.verdict.verdict import verdict_table
-
         headline = {"verdict": verdict_table(verdict), **headline}
     notes = {label: res.notes for label, res in comparison.results.items() if res.notes}
     notes.update({f"{name}/skipped": [reason] for name, reason in comparison.skipped.items()})
@@ -329,7 +290,6 @@ def _write_html(
 ) -> None:
     """report.html from results.json as written (verdict and noise floor included when present), with the
     flipped examples of each candidate on the main split (noise-floor replicas left out)."""
-    from trustequiv.report.html import flipped_examples, write_html_report
 
     results = json.loads((out_dir / "results.json").read_text())
     replicas = set((results.get("noise_floor") or {}).get("models") or [])

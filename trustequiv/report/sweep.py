@@ -34,8 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from trustequiv.cache import atomic_write_text
+from trustequiv.characteristic import Characteristic
+from trustequiv.conf_tree import CONF_DIR
+from trustequiv.report.sweep_html import sweep_report_html
+from trustequiv.report.tables import verdict_rows
+from trustequiv.run.saved_outputs import load_run_outputs
+from trustequiv.user_errors import EXIT_STATUS, MissingFileError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +53,6 @@ RESULTS = "sweep_results.json"
 VERDICT_CSV = "sweep_verdict.csv"
 REPORT = "sweep_report.html"
 #: keys of a candidate's verdict object that are not a characteristic's verdict
-VERDICT_META = ("overall", "statistics", "notes")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -123,10 +132,6 @@ def rebuild_characteristics(
     out, nested values passed as plain data). A name not shipped, or a job whose ``_target_`` differs from the
     shipped one, is skipped with a note: the class is never taken from the run dir.
     """
-    import hydra.utils
-
-    from trustequiv.characteristic import Characteristic
-    from trustequiv.config import CONF_DIR
 
     conf_dir = Path(conf_dir) if conf_dir is not None else CONF_DIR
     built = []
@@ -291,10 +296,6 @@ def _sanitize(value: Any) -> Any:
 def _task_outputs(jobs: Sequence[Job], notes: list[str]) -> dict[str, Any]:
     """Every model's outputs over the jobs of one task: references first, then in order of appearance; a model
     two jobs saved differently (e.g. another limit_examples) is taken from the first, with a note."""
-    import torch
-
-    from trustequiv.run.saved_outputs import load_run_outputs
-    from trustequiv.user_errors import one_line
 
     refs, others = {}, {}
     for job in jobs:
@@ -323,7 +324,6 @@ def _task_outputs(jobs: Sequence[Job], notes: list[str]) -> dict[str, Any]:
 
 
 def _same_scores(a: Any, b: Any) -> bool:
-    import torch
 
     if a.logits is None or b.logits is None:
         return a.logits is None and b.logits is None
@@ -350,7 +350,6 @@ def collect(sweep_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     Raises:
         trustequiv.user_errors.MissingFileError: ``sweep_dir`` does not exist or holds no job.
     """
-    from trustequiv.user_errors import MissingFileError
 
     sweep_dir = Path(sweep_dir)
     fix = "pass the dir of a `python evaluate.py -m ...` sweep (<paths.log_dir>/evaluate/multiruns/<run id>)"
@@ -409,20 +408,6 @@ def collect(sweep_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]:
     )
 
 
-def verdict_rows(verdict: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per ``"<task>/<candidate>"``: task, candidate, overall, then each characteristic's verdict."""
-    chars = list(
-        dict.fromkeys(c for judged in verdict.values() for c in (judged or {}) if c not in VERDICT_META)
-    )
-    rows = []
-    for key, judged in verdict.items():
-        task, _, candidate = key.partition("/")
-        judged = judged or {}
-        rows.append({"task": task, "candidate": candidate, "overall": judged.get("overall")})
-        rows[-1].update({c: judged.get(c) for c in chars})
-    return rows
-
-
 def verdict_csv(verdict: Mapping[str, Mapping[str, Any]]) -> str:
     """:func:`verdict_rows` as CSV (a nested value as JSON)."""
     rows = verdict_rows(verdict)
@@ -449,9 +434,6 @@ def build_sweep(sweep_dir: Path, conf_dir: Path | None = None) -> dict[str, Any]
     """
     sweep_dir = Path(sweep_dir)
     results = collect(sweep_dir, conf_dir)  # first: a wrong dir is told before torch is imported
-
-    from trustequiv.cache import atomic_write_text
-    from trustequiv.report.sweep_html import sweep_report_html
 
     atomic_write_text(json.dumps(results, indent=2, allow_nan=False), sweep_dir / RESULTS)
     atomic_write_text(verdict_csv(results["verdict"]), sweep_dir / VERDICT_CSV)
@@ -506,7 +488,6 @@ class SweepCallback(Callback):
 
     @staticmethod
     def _build(sweep_dir: Path) -> None:
-        from trustequiv.user_errors import one_line
 
         try:
             build_sweep(sweep_dir)
@@ -522,7 +503,6 @@ class SweepCallback(Callback):
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m trustequiv.report.sweep <sweep dir>``: build the sweep's results again; prints the report
     path."""
-    from trustequiv.user_errors import EXIT_STATUS, one_line
 
     parser = argparse.ArgumentParser(
         prog="python -m trustequiv.report.sweep",

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from trustequiv.report.figures import matrix_heatmap
+from trustequiv.report.tables import verdict_rows
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -50,7 +53,6 @@ def _table(rows: Sequence[Mapping[str, Any]], row_class: Sequence[str] | None = 
 def heatmap_png(matrix: Mapping[str, Any], title: str) -> str:
     """A matrix entry (``{"models", "values"}``, None as NaN) as a base64 PNG
     (:func:`trustequiv.report.figures.matrix_heatmap`)."""
-    from trustequiv.report.figures import matrix_heatmap
 
     values = np.array(
         [[np.nan if v is None else float(v) for v in row] for row in matrix["values"]], dtype=float
@@ -63,7 +65,6 @@ def heatmap_png(matrix: Mapping[str, Any], title: str) -> str:
 
 def sweep_report_html(results: Mapping[str, Any]) -> str:
     """The page for a sweep's results (the dict :func:`trustequiv.report.sweep.collect` returns)."""
-    from trustequiv.report.sweep import verdict_rows
 
     jobs = results.get("jobs", [])
     failed = results.get("failed", [])

@@ -287,7 +287,7 @@ def start_run(
     mode = wandb_mode(w.get("mode"))
     if mode == "disabled" or distributed_rank() > 0:
         return None
-    try:
+    try:  # imported here: W&B failing to import or start must not stop the evaluation
         import wandb
 
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -369,7 +369,7 @@ def log_evaluation(
         return
     out_dir = Path(out_dir)
     failed = False
-    try:
+    try:  # imported here: W&B failing to import or start must not stop the evaluation
         import wandb
 
         run = logger.experiment

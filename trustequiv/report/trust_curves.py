@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from trustequiv.train.trust_callbacks import PREFIX
 
 #: entries that accompany a metric rather than being one (intervals, nulls, p-values, counts).
@@ -57,7 +59,6 @@ def plot_trust_curves(
     Raises:
         ValueError: as :func:`read_trust_curves`, or none of ``metrics`` was logged.
     """
-    from matplotlib.figure import Figure
 
     curves = read_trust_curves(metrics_csv)
     wanted = [m for m in (metrics or [c for c in curves if _plotted(c)]) if m in curves]

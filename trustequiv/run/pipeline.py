@@ -4,6 +4,7 @@ source or task kind."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -14,15 +15,18 @@ from omegaconf import DictConfig
 from trustequiv.cache import OutputCache, distributed_rank
 from trustequiv.config import to_container
 from trustequiv.data.task_kind import task_kind
+from trustequiv.models.loading import ModelSpec, build_compressor, read_metadata
 from trustequiv.models.source import RunContext, build_source
+from trustequiv.plain import plain
 from trustequiv.report.loggers import make_csv_logger
 from trustequiv.report.run_report import print_headline, report_run
 from trustequiv.report.tracking import finish_run, log_evaluation, run_config, start_run
 from trustequiv.report.trust_curves import write_trust_curves
 from trustequiv.run.comparison import compare
-from trustequiv.run.plan import Plan, load_task_data, make_plan, plain
+from trustequiv.run.plan import Plan, load_task_data, make_plan, model_node
 from trustequiv.run.runner import ModelRunner, replay_pass, skip_unrunnable
 from trustequiv.run.saved_outputs import save_run_outputs
+from trustequiv.train.checkpoints import build_checkpoint
 from trustequiv.verdict.noise_floor import make_noise_floor
 from trustequiv.verdict.verdict import judge_run
 
@@ -63,10 +67,6 @@ def with_teacher(spec: Any, reference: Any) -> Any:
     Raises:
         ValueError: a reference other than the model for a compressor that does not distil.
     """
-    import dataclasses
-
-    from trustequiv.models.loading import ModelSpec, build_compressor
-    from trustequiv.run.plan import model_node
 
     if reference is None or spec.base is None:
         return spec
@@ -88,8 +88,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         FileExistsError: the checkpoint exists and ``overwrite`` is false.
         ValueError: the model's source cannot be fine-tuned, or ``model.checkpoint`` is set.
     """
-    from trustequiv.models.loading import read_metadata
-    from trustequiv.train.checkpoints import build_checkpoint
 
     source = build_source(cfg.model, cfg.get("compressor"))
     spec = source.fine_tune_spec()

@@ -12,18 +12,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trustequiv.characteristic import Characteristic
-from trustequiv.config import CONF_DIR, available
+from trustequiv.conf_tree import CONF_DIR, available
 from trustequiv.data.sampling import sample_positions
 from trustequiv.data.task_kind import TaskKind, task_kind
 from trustequiv.models.source import ModelSource, build_source
+from trustequiv.plain import plain
 from trustequiv.verdict.noise_floor import NoiseFloor
 
 log = logging.getLogger(__name__)
-
-
-def plain(node: Any) -> Any:
-    """A resolved plain container of a config node (anything else unchanged)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 @dataclass

@@ -11,7 +11,8 @@ from typing import Any
 from trustequiv.cache import OutputCache, content_key
 from trustequiv.characteristic import Characteristic
 from trustequiv.data.labels import label_order_warning
-from trustequiv.models.source import ModelHandle, ModelSource, RunContext
+from trustequiv.models.handle import ModelHandle
+from trustequiv.models.source import ModelSource, RunContext
 from trustequiv.outputs import ModelOutputs
 from trustequiv.run.plan import Plan
 

@@ -21,13 +21,10 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from trustequiv.cache import OutputCache, atomic_write_text, content_key
 from trustequiv.outputs import ModelOutputs
+from trustequiv.plain import plain
 from trustequiv.user_errors import DataFileError
 
 log = logging.getLogger(__name__)
@@ -40,19 +37,6 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 
 def _key(name: str) -> str:
     return content_key(run_outputs=name)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON types: tensors and arrays as lists, numpy scalars as Python numbers."""
-    if isinstance(value, torch.Tensor | np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def save_run_outputs(out_dir: Path, outputs: Mapping[str, ModelOutputs]) -> None:
@@ -72,7 +56,7 @@ def save_run_outputs(out_dir: Path, outputs: Mapping[str, ModelOutputs]) -> None
         cache.save(key, out, {"model": name, "format": FORMAT})
         cache.save_extras(
             key,
-            {"columns": _plain(out.columns), "info": _plain(out.info), "collected": _plain(out.collected)},
+            {"columns": plain(out.columns), "info": plain(out.info), "collected": plain(out.collected)},
         )
         index[name] = key
     atomic_write_text(json.dumps({"format": FORMAT, "models": index}, indent=2), root / INDEX)

@@ -8,7 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from trustequiv.cache import distributed_rank, path_lock
-from trustequiv.models.loading import ModelSpec, read_metadata, resolve_checkpoint, write_metadata
+from trustequiv.models.loading import (
+    ModelSpec,
+    build_compressor,
+    check_model_inputs,
+    local_dir,
+    read_metadata,
+    resolve_checkpoint,
+    write_metadata,
+)
+from trustequiv.report.tracking import model_logger
+from trustequiv.train.fine_tune import fine_tune
+from trustequiv.train.trust_callbacks import trust_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +60,6 @@ def build_checkpoint(spec: ModelSpec, ctx: Any) -> Path:
     """Fine-tune (and compress) ``spec`` into its default dir with the task kind's recipe; a compressed
     model's base is made first if missing (and, re-fine-tuned, trust against it is logged while it trains:
     ``callbacks.trust``)."""
-    from trustequiv.models.loading import build_compressor, check_model_inputs, local_dir
-    from trustequiv.report.tracking import model_logger
-    from trustequiv.train.fine_tune import fine_tune
-    from trustequiv.train.trust_callbacks import trust_callbacks
 
     compressor = build_compressor(spec.compressor) if spec.compressor else None
     base_checkpoint = None

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from torchmetrics.classification import MulticlassAccuracy
+from transformers import get_linear_schedule_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,6 @@ class SequenceClassifier(L.LightningModule):
         a device with fused kernels, and a precision other than Lightning's mixed ones (its
         ``MixedPrecision`` plugin refuses gradient clipping with an optimizer that unscales gradients itself,
         as fused ones do; ``trainer.precision=bf16-mixed`` thus keeps the for-loop AdamW)."""
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
         params = [p for p in self.parameters() if p.requires_grad]
         supported = set(_get_fused_kernels_supported_devices())
@@ -147,7 +148,6 @@ class SequenceClassifier(L.LightningModule):
         return not precision.endswith("-mixed")
 
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
 
         optimizer = self.make_optimizer()
         total = int(self.trainer.estimated_stepping_batches)

@@ -25,10 +25,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
-from trustequiv.characteristic import Characteristic
-from trustequiv.config import CONF_DIR, available
+from trustequiv.cache import content_key
+from trustequiv.characteristic import Characteristic, pair_name
+from trustequiv.conf_tree import CONF_DIR, available
+from trustequiv.data.sampling import sample_positions
+from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.loading import LoadedModel, build_compressor, fingerprint, local_dir
+from trustequiv.models.scorer import TorchTextScorer
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows
+from trustequiv.run.runner import aligned_rows
+from trustequiv.train.fine_tune import BestHFCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,6 @@ def build_trust_characteristics(
 
 def scoped_metrics(name: str, metrics: Mapping[str, float]) -> dict[str, float]:
     """``compare``'s ``"reference_vs_candidate/<metric>"`` entries as ``"trust/<name>/<metric>"``."""
-    from trustequiv.characteristic import pair_name
 
     pair = f"{pair_name(REFERENCE, CANDIDATE)}/"
     return {f"{PREFIX}/{name}/{k[len(pair) :]}": float(v) for k, v in metrics.items() if k.startswith(pair)}
@@ -228,9 +234,6 @@ class TrustCallback(Callback):
         self, char: Characteristic, candidate: ModelOutputs, pl_module: Any, trainer: Any
     ) -> Mapping[str, Any]:
         """``char.collect`` on the model being trained, on the device it trains on, with gradients on."""
-        from trustequiv.models.loading import LoadedModel
-        from trustequiv.models.scorer import TorchTextScorer
-        from trustequiv.train.fine_tune import BestHFCheckpoint
 
         tokenizer = next((cb.tokenizer for cb in trainer.callbacks if isinstance(cb, BestHFCheckpoint)), None)
         if tokenizer is None or self.data is None:
@@ -274,7 +277,6 @@ def trust_callbacks(spec: Any, base_checkpoint: str | None, ctx: Any) -> list[Ca
         ValueError: bad ``callbacks.trust`` settings (one line, from :func:`trust_settings` and
             :func:`build_trust_characteristics`), before anything is trained.
     """
-    from trustequiv.models.loading import build_compressor, fingerprint, local_dir
 
     settings = trust_settings(getattr(ctx, "callbacks_cfg", None))
     if not settings["enabled"] or base_checkpoint is None or not spec.compressor or spec.base is None:
@@ -357,8 +359,6 @@ def reference_outputs(
     """``(outputs, rows)``: the checkpoint ``fingerprint``'s outputs on the task's ``validation`` split
     through the cache (the task kind's ``predict``, as :meth:`plugins.sources.hf.HFSource.outputs` calls
     it: the same key), and that split's rows in the outputs' order."""
-    from trustequiv.data.splits import split_fingerprint
-    from trustequiv.run.runner import aligned_rows
 
     split = ctx.dataset()["validation"]
     outputs, cached = ctx.kind.predict(
@@ -380,7 +380,6 @@ def reference_outputs(
 def limit_reference(reference: ModelOutputs, data: Any, n: int | None) -> tuple[ModelOutputs, Any]:
     """``n`` rows of ``reference`` (and of ``data``, in the same order) chosen by the project's seeded
     sampler; ``None``: all."""
-    from trustequiv.data.sampling import sample_positions
 
     positions = sample_positions(reference.example_ids.tolist(), n, key="callbacks.trust.limit_examples")
     if len(positions) == len(reference):
@@ -392,8 +391,6 @@ def _reference_collect(
     char: Characteristic, ctx: Any, load: Any, fingerprint: str, reference: ModelOutputs, data: Any
 ) -> Mapping[str, Any]:
     """The reference's ``collect`` for ``char`` on ``data``, once: kept in the cache's extras."""
-    from trustequiv.cache import content_key
-    from trustequiv.models.scorer import TorchTextScorer
 
     key = content_key(
         kind="trust_callback",

@@ -29,6 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from plugins.characteristics.adversarial.env import import_textattack
+from plugins.characteristics.adversarial.swap import lazy_bert_attack_swap_class
+from trustequiv.config import minilm_path
+
 log = logging.getLogger(__name__)
 
 PAPER_MLM = "bert-base-uncased"
@@ -42,7 +48,6 @@ def load_masked_lm(masked_lm: str, offline_masked_lm: str | None) -> tuple[Any, 
     Raises:
         OSError: neither can be loaded (the message names both and the script that fits a local one).
     """
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tried = []
     for source in [masked_lm, offline_masked_lm]:
@@ -74,6 +79,7 @@ def sentence_encoder_constraint(kind: str, sbert_model: str | None, threshold: f
     Raises:
         ValueError: unknown kind.
     """
+    # optional dependency (the [attack] extra): imported when used
     from textattack.constraints.semantics.sentence_encoders import SBERT, UniversalSentenceEncoder
 
     common = {
@@ -97,8 +103,6 @@ def sentence_encoder_constraint(kind: str, sbert_model: str | None, threshold: f
         elif kind == "use":
             raise ImportError("sentence_encoder=use needs tensorflow_hub (and network for the model)")
     if sbert_model is None:
-        from trustequiv.config import minilm_path
-
         sbert_model = minilm_path()
     enc = SBERT(model_name=sbert_model, **common)
     return enc, f"sbert:{sbert_model}"
@@ -128,9 +132,9 @@ def build_attack(
     Raises:
         ValueError: unknown recipe.
     """
-    from plugins.characteristics.adversarial.env import import_textattack
 
     import_textattack()
+    # optional dependency (the [attack] extra): imported when used
     from textattack import Attack
     from textattack.attack_args import ATTACK_RECIPE_NAMES
     from textattack.constraints.overlap import MaxWordsPerturbed
@@ -139,6 +143,8 @@ def build_attack(
         RepeatModification,
         StopwordModification,
     )
+
+    # optional dependency (the [attack] extra): imported when used
     from textattack.goal_functions import UntargetedClassification
     from textattack.search_methods import GreedyWordSwapWIR
 
@@ -153,7 +159,6 @@ def build_attack(
         attack.goal_function.batch_size = model_batch_size
         info["construction"] = f"textattack {ATTACK_RECIPE_NAMES[recipe]}.build"
         return attack, info
-    from plugins.characteristics.adversarial.swap import lazy_bert_attack_swap_class
 
     mlm, tok, mlm_info = load_masked_lm(masked_lm, offline_masked_lm)
     info.update(mlm_info)

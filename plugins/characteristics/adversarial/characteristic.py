@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
 
 from plugins.characteristics.adversarial.attack import PAPER_MLM, build_attack, departures
 from plugins.characteristics.adversarial.runner import read_jsonl, reusable_under_budget, run_attack
@@ -45,7 +47,7 @@ from trustequiv.functional.adversarial import (
     success_set,
     transfer_rate,
 )
-from trustequiv.models.source import ModelHandle
+from trustequiv.models.handle import ModelHandle
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -174,8 +176,6 @@ class Adversarial(Characteristic):
         Raises:
             OSError: no masked LM for BERT-Attack's substitutes (the message names the script that fits one).
         """
-        import torch
-        import transformers
 
         pair = bool(task.get("pair"))
         ids = [int(i) for i in data["id"]]

@@ -17,6 +17,8 @@ import logging
 import os
 from pathlib import Path
 
+import nltk
+
 from plugins.characteristics.adversarial.stopwords import NLTK_ENGLISH_STOPWORDS
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,6 @@ def default_nltk_dir() -> Path:
 def provide_nltk_stopwords(nltk_dir: str | Path | None = None) -> Path:
     """Write the stop-word list as the NLTK corpus ``stopwords/english`` and put ``nltk_dir`` first on
     ``nltk.data.path``. Returns the directory."""
-    import nltk
 
     root = Path(nltk_dir) if nltk_dir else default_nltk_dir()
     target = root / "corpora" / "stopwords" / "english"
@@ -56,7 +57,6 @@ def import_textattack(nltk_dir: str | Path | None = None):
     """
     if "textattack" in _IMPORTED:
         return _IMPORTED["textattack"]
-    import nltk
 
     provide_nltk_stopwords(nltk_dir)
     real_download = nltk.download
@@ -68,6 +68,7 @@ def import_textattack(nltk_dir: str | Path | None = None):
     nltk.download = no_download
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     try:
+        # optional dependency (the [attack] extra): imported when used
         import textattack
     finally:
         nltk.download = real_download

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init() -> None:
-    import torch
 
     torch.set_num_threads(1)
     # The parent's tokenizer thread pool does not survive fork: encode serially in the child (else deadlock).
@@ -176,8 +178,6 @@ def run_attack(
                 )
         progress = _Progress(len(todo))
         if num_workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
             with mp.get_context("fork").Pool(num_workers, initializer=_worker_init) as pool:
                 for rec in pool.imap_unordered(_worker_attack, todo):
                     fh.write(json.dumps(rec) + "\n")

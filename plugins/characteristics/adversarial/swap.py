@@ -22,6 +22,7 @@ from typing import Any
 def lazy_bert_attack_swap_class() -> type:
     """The :class:`LazyBertAttackSwap` class (TextAttack is imported on first use; call
     ``adversarial.env.import_textattack`` first)."""
+    # optional dependency (the [attack] extra): imported when used
     from textattack.shared import utils
     from textattack.transformations import WordSwapMaskedLM
 

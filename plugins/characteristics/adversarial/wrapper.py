@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from plugins.characteristics.adversarial.env import import_textattack
 from trustequiv.models.scorer import TextScorer
 
 
@@ -53,9 +54,9 @@ class TextClassifier:
 
 def textattack_wrapper(classifier: TextClassifier):
     """A ``textattack.models.wrappers.ModelWrapper`` around ``classifier`` (imports TextAttack offline)."""
-    from plugins.characteristics.adversarial.env import import_textattack
 
     import_textattack()
+    # optional dependency (the [attack] extra): imported when used
     from textattack.models.wrappers import ModelWrapper
 
     class _Wrapper(ModelWrapper):

@@ -32,8 +32,8 @@ from trustequiv.characteristic import Characteristic, PairStatistic, pair_name
 from trustequiv.data.sampling import SAMPLER, sample_positions
 from trustequiv.functional.attribution import ALIGNMENT_METRICS, alignment_scores
 from trustequiv.functional.bootstrap import paired_bootstrap
+from trustequiv.models.handle import ModelHandle
 from trustequiv.models.scorer import TextScorer
-from trustequiv.models.source import ModelHandle
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,13 @@ The attribution algorithms are the libraries' own (``lime.lime_text.LimeTextExpl
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
 
 from plugins.characteristics.attribution.perturb import WordFeatures, example_seed
 from trustequiv.data.batches import TOKEN_KEYS, pad_features, pad_id_of
@@ -113,6 +115,7 @@ def lime_attributions(
         per example ``(C, F)`` float64: LIME's weights of the ``num_features`` features it selects for each
         class (paper A: 20), 0 for the others.
     """
+    # optional dependency (the [explain] extra): imported when used
     from lime.lime_text import LimeTextExplainer
 
     def explain_one(i: int, feat: WordFeatures, fn: Callable) -> np.ndarray:
@@ -167,6 +170,7 @@ def shap_attributions(
     Returns:
         per example ``(C, F)`` float64.
     """
+    # optional dependency (the [explain] extra): imported when used
     import shap
 
     def masker(mask: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -196,9 +200,6 @@ def differentiable_twin(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
     quantized int8 Linear layers (``torch.ao.nn.quantized.dynamic.Linear``, no autograd) are fp32 Linear
     layers holding the SAME int8 weights, dequantized. The activations' dynamic quantization, which has no
     gradient, is left out: integrated gradients then follow the int8 weights, not activation rounding."""
-    import copy
-
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
 
     if not any(isinstance(m, DynamicQuantLinear) for m in model.modules()):
         return model, False
@@ -238,6 +239,7 @@ def ig_attributions(
     Raises:
         RuntimeError: the model cannot be differentiated (e.g. int8 dynamic quantization).
     """
+    # optional dependency (the [explain] extra): imported when used
     from captum.attr import LayerIntegratedGradients
 
     perm = list(label_permutation) if label_permutation is not None else list(range(n_classes))
