@@ -139,8 +139,8 @@ def tiny_overrides(
         "task.training.batch_size=16",
         "task.training.learning_rate=1e-3",
         "task.max_length=32",
-        # no noise-floor replica and no trust callback unless a test asks for them (tests/test_noise_floor.py,
-        # tests/test_trust_callback.py): the other tests stay as fast as they were
+        # no noise-floor replica and no trust callback unless a test asks for them
+        # (tests/core/test_noise_floor.py, tests/core/test_trust_callback.py): the others stay as fast
         "++noise_floor.seeds=[]",
         "++callbacks.trust.enabled=false",
         *extra,

@@ -183,3 +183,10 @@ class Characteristic(ABC):
 def all_pairs(outputs: Sequence[ModelOutputs]) -> list[tuple[ModelOutputs, ModelOutputs]]:
     """Every unordered pair of models, in the given order (paper B compares all pairs)."""
     return list(itertools.combinations(outputs, 2))
+
+
+def headline_columns(characteristics: Sequence[Characteristic]) -> tuple[list[str], list[str]]:
+    """The per-model and pair metric names the selected characteristics declare, in selection order."""
+    model = list(dict.fromkeys(m for c in characteristics for m in c.headline_model))
+    pair = list(dict.fromkeys(m for c in characteristics for m in c.headline_pair))
+    return model, pair

@@ -195,3 +195,9 @@ def labelled(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         )
     probs = outputs.probs.detach().cpu().numpy()
     return probs[keep], labels[keep].astype(np.int64), outputs.example_ids.detach().cpu().numpy()[keep]
+
+
+def aligned_rows(data, outputs: ModelOutputs):
+    """The rows of ``data`` in the example order of ``outputs``."""
+    order = {int(i): k for k, i in enumerate(data["id"])}
+    return data.select([order[int(i)] for i in outputs.example_ids.tolist()])

@@ -31,7 +31,6 @@ from hydra.errors import CompactHydraException, InstantiationException, MissingC
 from omegaconf.errors import MissingMandatoryValue
 
 from trustequiv.conf_tree import available
-from trustequiv.data.labels import LabelMismatchError
 
 __all__ = [
     "CheckpointError",
@@ -245,7 +244,7 @@ def describe(err: BaseException) -> tuple[str, str] | None:
     unknown config names and keys, unset ``???`` values, a full disk (``ENOSPC``, wrapped or not),
     :class:`FileNotFoundError`, :class:`FileExistsError`, :class:`IsADirectoryError`,
     :class:`PermissionError` (the cache's errors included),
-    :class:`ConnectionError`, :class:`TimeoutError`, :class:`trustequiv.data.labels.LabelMismatchError`, and
+    :class:`ConnectionError`, :class:`TimeoutError`, :class:`trustequiv.user_errors.LabelMismatchError`, and
     ValueErrors and ImportErrors raised in this project's code (its checks).
     """
     cause: BaseException | None = err
@@ -403,3 +402,7 @@ def check_hub(what: str, fix: str) -> None:
             f"{fix}; offline, also set HF_HUB_OFFLINE=1 (cached downloads are then used); online, check the "
             "network, proxy (HTTPS_PROXY) or HF_ENDPOINT",
         )
+
+
+class LabelMismatchError(ValueError):
+    """Two lists of label names cannot be matched one-to-one by name."""

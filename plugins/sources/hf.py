@@ -148,6 +148,3 @@ class HFSource(ModelSource):
             return checkpoint_label_names(self.directory, self.spec.label_names)
         except (OSError, ValueError):
             return None
-
-
-SOURCE = HFSource

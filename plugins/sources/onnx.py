@@ -716,7 +716,7 @@ class OnnxSource(ModelSource):
             ImportError: onnx or onnxruntime is not installed (``pip install -e '.[onnx]'``).
             FileNotFoundError: the file, its tokenizer or its external data is missing; or the checkpoint to
                 export is missing and ``train_missing`` is false (the message names the command).
-            trustequiv.data.labels.LabelMismatchError: its classes do not match the task's.
+            trustequiv.user_errors.LabelMismatchError: its classes do not match the task's.
         """
         if self.path is None and self.export_from is None:
             raise ValueError(self._which_message(self.name))
@@ -948,6 +948,3 @@ class OnnxSource(ModelSource):
 
     def release(self) -> None:
         self._model = None
-
-
-SOURCE = OnnxSource

@@ -623,6 +623,3 @@ def _kind_of(task_cfg: Mapping[str, Any], ctx: RunContext | None):
         return ctx.kind
 
     return task_kind(task_cfg)
-
-
-SOURCE = PredictionsSource

@@ -65,10 +65,10 @@ import datasets
 import numpy as np
 
 from plugins.tasks.formats import FORMATS, read_rows
-from trustequiv.data.labels import LabelMismatchError, label_permutation, resolve_label
+from trustequiv.data.labels import label_permutation, resolve_label
 from trustequiv.data.splits import hash_split
 from trustequiv.plain import plain
-from trustequiv.user_errors import MissingFileError, check_hub
+from trustequiv.user_errors import LabelMismatchError, MissingFileError, check_hub
 
 __all__ = ["GlueTaskLoader", "TextClassificationLoader"]
 
@@ -193,7 +193,7 @@ class TextClassificationLoader:
             ValueError: unknown columns or label values (naming file, row and value), ids not unique; a file
                 that is not UTF-8 (naming file and line) or has no rows
                 (trustequiv.user_errors.DataFileError).
-            trustequiv.data.labels.LabelMismatchError: hub ClassLabel names do not match ``label_names``.
+            trustequiv.user_errors.LabelMismatchError: hub ClassLabel names do not match ``label_names``.
         """
         label_names = list(label_names)
         if data_dir is None:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from trustequiv.user_errors import LabelMismatchError
+
 __all__ = [
     "DEFAULT_ALIASES",
-    "LabelMismatchError",
     "best_label_permutation",
     "id2label_names",
     "label_order_warning",
@@ -54,10 +55,6 @@ DEFAULT_ALIASES: dict[str, str] = {
     "entails": "entailment",
     "nonentailment": "notentailment",
 }
-
-
-class LabelMismatchError(ValueError):
-    """Two lists of label names cannot be matched one-to-one by name."""
 
 
 def normalize_label(name: str) -> str:
@@ -269,7 +266,7 @@ def label_order_warning(
         ``model.label_names=[contradiction,entailment,neutral]``.
 
     Raises:
-        trustequiv.data.labels.LabelMismatchError: ``label_names`` cannot be matched to
+        trustequiv.user_errors.LabelMismatchError: ``label_names`` cannot be matched to
         ``outputs.label_names``.
     """
     logits = getattr(outputs, "logits", None)

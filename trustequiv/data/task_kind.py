@@ -1,14 +1,13 @@
 """The TaskKind interface: what differs between families of tasks (text classification, extractive QA).
 
 A task config names its kind (``kind: classification`` or ``kind: extractive_qa``; absent = classification).
-The kind is a plugin in ``plugins/tasks/<kind>.py`` exposing ``KIND``, a :class:`TaskKind`. The core calls
+The kind is a :class:`TaskKind` instance in ``plugins/tasks/<kind>.py`` (``KIND``), declared by name in
+``plugins.PLUGINS`` and found with :func:`trustequiv.registry.lookup`. The core calls
 only this interface, so it never names a specific kind, model class or output column.
 """
 
 from __future__ import annotations
 
-import importlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any
 
 import hydra
 
+from trustequiv import registry
 from trustequiv.outputs import ModelOutputs
 
 #: a kind name is a plain module name under plugins.tasks (no dots: nothing else can be imported).
-_KIND_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class TaskKind(ABC):
@@ -104,32 +103,23 @@ class TaskKind(ABC):
 
 
 def task_kind(task_cfg: Mapping[str, Any]) -> TaskKind:
-    """The :class:`TaskKind` that ``task_cfg["kind"]`` names (default ``classification``).
+    """The :class:`TaskKind` that ``task_cfg["kind"]`` names (default ``classification``), from the registry.
 
     Raises:
-        ValueError: the name is not a kind in ``plugins/tasks`` (the message lists the available ones).
+        ValueError: the name is not a declared task kind (the message lists the available ones).
     """
     name = str(task_cfg.get("kind") or "classification")
-    if _KIND_NAME.match(name):
-        try:
-            module = importlib.import_module(f"plugins.tasks.{name}")
-        except ModuleNotFoundError:
-            module = None
-        kind = getattr(module, "KIND", None)
-        if isinstance(kind, TaskKind):
-            return kind
-    raise ValueError(
-        f"task {task_cfg.get('name')}: unknown task kind {name!r}; available: {available_kinds()}"
-    )
+    try:
+        kind = registry.lookup("task_kind", name)
+    except LookupError:
+        kind = None
+    if not isinstance(kind, TaskKind):
+        raise ValueError(
+            f"task {task_cfg.get('name')}: unknown task kind {name!r}; available: {available_kinds()}"
+        )
+    return kind
 
 
 def available_kinds() -> list[str]:
-    """The task kinds in ``plugins/tasks`` (modules that define ``KIND``)."""
-    import plugins.tasks
-
-    folder = Path(plugins.tasks.__file__).parent
-    names = []
-    for path in sorted(folder.glob("*.py")):
-        if path.stem != "__init__" and "\nKIND = " in path.read_text():
-            names.append(path.stem)
-    return names
+    """The declared task kinds (:data:`plugins.PLUGINS`)."""
+    return registry.names("task_kind")

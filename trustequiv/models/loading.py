@@ -38,6 +38,7 @@ from trustequiv.user_errors import CheckpointError
 from trustequiv.user_errors import ConfigError
 from trustequiv.user_errors import HubUnreachableError, MissingFileError, check_hub, hub_offline
 import torch
+from trustequiv import registry
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +162,9 @@ class ModelSpec:
 
 
 def compressor_registry() -> dict[str, type[Compressor]]:
-    """Compressor name -> class, from the project's own ``conf/compressor/<name>.yaml`` files (the plugin
-    registry): each names its class under ``plugins.compressors``. Only these names can be built, so a new
-    compressor is a class plus its config file."""
-
-
-    registry: dict[str, type[Compressor]] = {}
-    for name in available("compressor"):
-        target = str(OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml").get("_target_", ""))
-        cls = get_class(target) if target.startswith("plugins.compressors.") else None
-        if isinstance(cls, type) and issubclass(cls, Compressor):
-            registry[name] = cls
-    return registry
+    """Compressor name -> class, as :data:`plugins.PLUGINS` declares them (each name's settings are in its
+    ``conf/compressor/<name>.yaml``). Only these names can be built."""
+    return {name: registry.lookup("compressor", name) for name in registry.names("compressor")}
 
 
 def build_compressor(recipe: dict[str, Any]) -> Compressor:
@@ -189,14 +181,15 @@ def build_compressor(recipe: dict[str, Any]) -> Compressor:
     """
     if not isinstance(recipe, dict):
         raise ValueError(f"a compressor recipe is a mapping with a 'name', got {type(recipe).__name__}")
-    registry = compressor_registry()
+    known = registry.names("compressor")
     name = recipe.get("name")
-    if not isinstance(name, str) or name not in registry:
+    if not isinstance(name, str) or name not in known:
         raise ValueError(
-            f"unknown compressor {name!r}; known: {sorted(registry)} "
-            "(a new one is a class in plugins/compressors/ and its conf/compressor/<name>.yaml)"
+            f"unknown compressor {name!r}; known: {known} "
+            "(a new one is a class in plugins/compressors/, its entry in plugins.PLUGINS and its "
+            "conf/compressor/<name>.yaml)"
         )
-    cls = registry[name]
+    cls = registry.lookup("compressor", name)
     target = recipe.get("_target_")
     if target is not None and target != f"{cls.__module__}.{cls.__qualname__}":
         log.warning("compressor %s: ignoring _target_ %r; building %s by name", name, target, cls.__name__)
@@ -600,7 +593,7 @@ def load_classifier(
         trustequiv.user_errors.CheckpointError: a checkpoint of another kind (e.g. extractive QA), a head with
             another number of classes than the task (or than ``declared_label_names``), or one of the
             refusals of :func:`load_checkpoint`.
-        trustequiv.data.labels.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
+        trustequiv.user_errors.LabelMismatchError: the checkpoint's class names cannot be matched to the task's.
     """
 
     directory = local_dir(checkpoint, revision)

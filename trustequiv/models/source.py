@@ -1,9 +1,9 @@
 """The ModelSource interface: where one judged model comes from (a Hugging Face checkpoint, an ONNX file,
 predictions made elsewhere), and what the pipeline can ask of it.
 
-A model config names its source (``source: hf`` by default; ``onnx``, ``predictions``); the source is a plugin
-in ``plugins/sources/<source>.py`` exposing ``SOURCE``, a :class:`ModelSource` subclass built from the model
-config. The pipeline asks each source for:
+A model config names its source (``source: hf`` by default; ``onnx``, ``predictions``); the source is a
+:class:`ModelSource` subclass in ``plugins/sources/``, declared by name in ``plugins.PLUGINS`` and found with
+:func:`trustequiv.registry.lookup`, built from the model config. The pipeline asks each source for:
 
 - its identity (:meth:`ModelSource.prepare` returns checkpoint or file, content fingerprint, metadata): the
   fingerprint keys the output cache, so a changed file is never served stale outputs;
@@ -16,7 +16,6 @@ config. The pipeline asks each source for:
 
 from __future__ import annotations
 
-import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -31,8 +30,8 @@ from trustequiv.models.handle import ModelHandle
 from trustequiv.models.scorer import TextScorer
 from trustequiv.data.task_kind import TaskKind
 from trustequiv.plain import plain
+from trustequiv import registry
 
-_SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass
@@ -131,23 +130,15 @@ def build_source(model_cfg: Any, compressor_cfg: Any = None) -> ModelSource:
     m = dict(plain(model_cfg) or {})
     c = plain(compressor_cfg) or None
     name = str(m.get("source") or "hf")
-    cls = None
-    if _SOURCE_NAME.match(name):
-        try:
-            module = importlib.import_module(f"plugins.sources.{name}")
-        except ModuleNotFoundError:
-            module = None
-        cls = getattr(module, "SOURCE", None)
-    if cls is None:
+    try:
+        cls = registry.lookup("source", name)
+    except LookupError:
         raise ValueError(
             f"model {m.get('name')}: unknown model source {name!r}; available: {available_sources()}"
-        )
+        ) from None
     return cls(m, c)
 
 
 def available_sources() -> list[str]:
-    """The model sources in ``plugins/sources`` (modules that define ``SOURCE``)."""
-    import plugins.sources
-
-    folder = Path(plugins.sources.__file__).parent
-    return [p.stem for p in sorted(folder.glob("*.py")) if "\nSOURCE = " in p.read_text()]
+    """The declared model sources (:data:`plugins.PLUGINS`)."""
+    return registry.names("source")

@@ -16,12 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from trustequiv.cache import atomic_open, atomic_write_text
-from trustequiv.characteristic import pair_name
+from trustequiv.characteristic import headline_columns, pair_name
 from trustequiv.outputs import CharacteristicResult, ModelOutputs
 from trustequiv.plain import plain
 from trustequiv.report.html import flipped_examples, write_html_report
 from trustequiv.report.tables import format_cell, headline_rows, markdown_table
-from trustequiv.run.comparison import headline_columns
 from trustequiv.verdict.verdict import verdict_table
 
 

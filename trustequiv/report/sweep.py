@@ -11,10 +11,10 @@
 - ``sweep_report.html``: one self-contained page (:mod:`trustequiv.report.sweep_html`).
 
 ``python -m trustequiv.report.sweep <sweep dir>`` builds them again (e.g. after a job failed, which stops
-Hydra's
-sweep before its end). The models' outputs come from each job's run dir (:mod:`trustequiv.run.saved_outputs`);
-characteristics are rebuilt by name from the shipped ``conf/characteristic/<name>.yaml`` with the job's
-settings: a ``_target_`` written in a run dir is never imported.
+Hydra's sweep before its end). The models' outputs come from each job's run dir
+(:mod:`trustequiv.report.saved_outputs`); characteristics are rebuilt by name from the shipped
+``conf/characteristic/<name>.yaml`` with the job's settings: a ``_target_`` written in a run dir is never
+imported.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 from trustequiv.cache import atomic_write_text
 from trustequiv.characteristic import Characteristic
 from trustequiv.conf_tree import CONF_DIR
+from trustequiv.report.saved_outputs import load_run_outputs
 from trustequiv.report.sweep_html import sweep_report_html
 from trustequiv.report.tables import verdict_rows
-from trustequiv.run.saved_outputs import load_run_outputs
 from trustequiv.user_errors import EXIT_STATUS, MissingFileError, one_line
 
 log = logging.getLogger(__name__)

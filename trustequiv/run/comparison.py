@@ -77,10 +77,3 @@ def compare(plan: Plan, runners: Sequence[Any]) -> Comparison:
                 ", ".join(ran) or "none",
             )
     return comparison
-
-
-def headline_columns(characteristics: Sequence[Characteristic]) -> tuple[list[str], list[str]]:
-    """The per-model and pair metric names the selected characteristics declare, in selection order."""
-    model = list(dict.fromkeys(m for c in characteristics for m in c.headline_model))
-    pair = list(dict.fromkeys(m for c in characteristics for m in c.headline_pair))
-    return model, pair

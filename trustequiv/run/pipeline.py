@@ -18,14 +18,13 @@ from trustequiv.data.task_kind import task_kind
 from trustequiv.models.loading import ModelSpec, build_compressor, read_metadata
 from trustequiv.models.source import RunContext, build_source
 from trustequiv.plain import plain
-from trustequiv.report.loggers import make_csv_logger
 from trustequiv.report.run_report import print_headline, report_run
-from trustequiv.report.tracking import finish_run, log_evaluation, run_config, start_run
+from trustequiv.report.saved_outputs import save_run_outputs
 from trustequiv.report.trust_curves import write_trust_curves
 from trustequiv.run.comparison import compare
 from trustequiv.run.plan import Plan, load_task_data, make_plan, model_node
 from trustequiv.run.runner import ModelRunner, replay_pass, skip_unrunnable
-from trustequiv.run.saved_outputs import save_run_outputs
+from trustequiv.tracking import finish_run, log_evaluation, make_csv_logger, run_config, start_run
 from trustequiv.train.checkpoints import build_checkpoint
 from trustequiv.verdict.noise_floor import make_noise_floor
 from trustequiv.verdict.verdict import judge_run

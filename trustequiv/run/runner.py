@@ -13,16 +13,10 @@ from trustequiv.characteristic import Characteristic
 from trustequiv.data.labels import label_order_warning
 from trustequiv.models.handle import ModelHandle
 from trustequiv.models.source import ModelSource, RunContext
-from trustequiv.outputs import ModelOutputs
+from trustequiv.outputs import ModelOutputs, aligned_rows
 from trustequiv.run.plan import Plan
 
 log = logging.getLogger(__name__)
-
-
-def aligned_rows(data, outputs: ModelOutputs):
-    """The rows of ``data`` in the example order of ``outputs``."""
-    order = {int(i): k for k, i in enumerate(data["id"])}
-    return data.select([order[int(i)] for i in outputs.example_ids.tolist()])
 
 
 def _collect_key(

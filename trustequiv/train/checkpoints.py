@@ -17,7 +17,7 @@ from trustequiv.models.loading import (
     resolve_checkpoint,
     write_metadata,
 )
-from trustequiv.report.tracking import model_logger
+from trustequiv.tracking import model_logger
 from trustequiv.train.fine_tune import fine_tune
 from trustequiv.train.trust_callbacks import trust_callbacks
 

@@ -111,7 +111,7 @@ class SequenceClassifier(L.LightningModule):
 
         ``fused``: PyTorch's fused AdamW kernel (one pass over each parameter instead of a dozen elementwise
         ops: 83 -> 14 ms a step for MiniLM's 22.7M parameters on 2 CPU cores, ``benchmarks/fine_tune.py``),
-        the same update up to float rounding (``tests/test_fine_tune_speed.py``), hence opt-in. None:
+        the same update up to float rounding (``tests/core/test_fine_tune_speed.py``), hence opt-in. None:
         :attr:`fused_adamw`, kept only where :meth:`fused_possible` (else the for-loop one, with a warning).
         """
         decay, no_decay = [], []

@@ -32,9 +32,8 @@ from trustequiv.data.sampling import sample_positions
 from trustequiv.data.splits import split_fingerprint
 from trustequiv.models.loading import LoadedModel, build_compressor, fingerprint, local_dir
 from trustequiv.models.scorer import TorchTextScorer
-from trustequiv.outputs import ModelOutputs
+from trustequiv.outputs import ModelOutputs, aligned_rows
 from trustequiv.prediction import assemble_rows
-from trustequiv.run.runner import aligned_rows
 from trustequiv.train.fine_tune import BestHFCheckpoint
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO, compose, tiny_overrides
 
 from trustequiv.report import tracking
-from trustequiv.report.tracking import model_logger, role_metrics, run_config, verdict_metrics, wandb_mode
 from trustequiv.run import pipeline
+from trustequiv.tracking import model_logger, role_metrics, run_config, verdict_metrics, wandb_mode
 from trustequiv.user_errors import ConfigError
 
 REF, CAND, OTHER = "tiny_ref", "tiny_ref+layer_drop", "tiny_cand"

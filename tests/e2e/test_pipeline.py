@@ -13,10 +13,10 @@ from conftest import compose, forbid, tiny_overrides
 
 from plugins.tasks import classification
 from trustequiv.cache import OutputCache
-from trustequiv.data.labels import LabelMismatchError
 from trustequiv.outputs import ModelOutputs
 from trustequiv.run import pipeline, plan
 from trustequiv.train import fine_tune as training
+from trustequiv.user_errors import LabelMismatchError
 
 FAST = ["trainer.max_epochs=8", "task.training.learning_rate=5e-3"]
 

@@ -16,9 +16,9 @@ from conftest import compose, tiny_overrides
 from trustequiv.models.source import build_source
 from trustequiv.outputs import ModelOutputs
 from trustequiv.plain import plain
-from trustequiv.report.loggers import make_csv_logger
 from trustequiv.report.trust_curves import plot_trust_curves, read_trust_curves
 from trustequiv.run import pipeline
+from trustequiv.tracking import make_csv_logger
 from trustequiv.train.checkpoints import build_checkpoint
 from trustequiv.train.lightning_module import SequenceClassifier
 from trustequiv.train.trust_callbacks import (

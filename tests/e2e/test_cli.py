@@ -90,7 +90,7 @@ def test_train_then_sweep_evaluate(tmp_path, tiny_bert, synthetic_data_dir):
 
 def test_unknown_task_exits_with_the_options(tmp_path):
     bad = _run([str(REPO / "evaluate.py"), "task=no_such_task", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
-    assert bad.returncode == 2  # a known failure: one line (tests/test_errors.py), not a traceback
+    assert bad.returncode == 2  # a known failure: one line (tests/core/test_errors.py), not a traceback
     assert bad.stderr.startswith("error: unknown task 'no_such_task'") and "mnli" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 

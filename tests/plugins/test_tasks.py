@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from plugins.tasks import TextClassificationLoader
 from plugins.tasks.formats import imdb_id
-from trustequiv.data.labels import LabelMismatchError
+from trustequiv.user_errors import LabelMismatchError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO / "conf" / "task"
 # the text-classification tasks (paper_b_squad2 is an id list for predictions made elsewhere)
 TASKS = sorted(p.stem for p in TASK_DIR.glob("*.yaml") if "glue.TextClassificationLoader" in p.read_text())

@@ -1,5 +1,5 @@
 """Sweep aggregation: run outputs saved in run dirs, all-pairs matrices across a -m sweep's jobs, the
-candidates' verdicts, failed jobs listed (trustequiv.run.saved_outputs, .sweep, .sweep_report)."""
+candidates' verdicts, failed jobs listed (trustequiv.report.saved_outputs, .sweep, .sweep_report)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from sklearn.metrics import jaccard_score
 
 from trustequiv.characteristic import Characteristic, PairStatistic
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
+from trustequiv.report.saved_outputs import load_run_outputs, save_run_outputs
 from trustequiv.report.sweep import SweepCallback, build_sweep, collect, pair_matrices
-from trustequiv.run.saved_outputs import load_run_outputs, save_run_outputs
 
 LABELS = ("negative", "positive")
 

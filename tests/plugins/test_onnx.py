@@ -156,7 +156,7 @@ def test_attribution_lime_runs_and_ig_says_one_line(run):
     small = ["n_examples=4", "seeds=[42]", "n_bootstrap=50", "runs_dir=null"]
     lime = _characteristic("attribution_lime", [*small, "num_samples=20"])
     ig = _characteristic("attribution_ig", [*small, "n_steps=4"])
-    from trustequiv.run.runner import aligned_rows
+    from trustequiv.outputs import aligned_rows
 
     collected = lime.collect(handle, out, aligned_rows(data, out), plan.task_cfg)
     assert len(collected["examples"]) == 4 and collected["unique_texts"] > 0

@@ -16,7 +16,7 @@ import torch
 from plugins.characteristics.calibration import CalibrationCharacteristic
 from plugins.characteristics.errors import ErrorsCharacteristic
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "verdict_operating.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "verdict_operating.py"
 _spec = importlib.util.spec_from_file_location("verdict_operating", _PATH)
 vo = importlib.util.module_from_spec(_spec)
 sys.modules["verdict_operating"] = vo  # dataclasses resolve their module by name

@@ -17,7 +17,7 @@ from trustequiv.characteristic import pair_name
 from trustequiv.functional import expected_calibration_error
 from trustequiv.outputs import ModelOutputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_BOOT = 100
 
 
