@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     hf_logging.set_verbosity_error()
 
     from plugins.tasks.classification import fit_inputs, new_classifier
-    from trustequiv.models.loading import ModelSpec
+    from trustequiv.models.spec import ModelSpec
     from trustequiv.plain import plain
     from trustequiv.run.pipeline import load_task_data
 

@@ -148,7 +148,7 @@ def bench_cache(task: str, n: int, data_dir: str) -> None:
             cfg = compose("evaluate", overrides)
         if (ckpt / "config.json").exists():
             # The quantized candidate is built from the checkpoint once, outside the timing.
-            from trustequiv.models.loading import ModelSpec
+            from trustequiv.models.spec import ModelSpec
             from trustequiv.train.fine_tune import fine_tune
 
             spec = ModelSpec.from_config(cfg.model, cfg.compressor)

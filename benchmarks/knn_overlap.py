@@ -87,7 +87,7 @@ def _buffers_bytes(backend: str, n: int, dim: int, k: int, block: int, query_blo
 def _run(cfg: dict, q) -> None:
     import torch
 
-    from trustequiv.functional.representation import knn_search, mutual_knn_from_indices, mutual_knn_null
+    from trustequiv.functional.knn import knn_search, mutual_knn_from_indices, mutual_knn_null
 
     torch.set_num_threads(cfg["threads"])
     n, dim, k, backend = cfg["n"], cfg["dim"], cfg["k"], cfg["backend"]

@@ -1,7 +1,7 @@
 """Candidate runtimes on the CPU (measured, not asserted), same texts, same run, same batching:
 torch fp32, ONNX Runtime fp32, ONNX Runtime int8 (``quantize_dynamic``, QInt8 MatMul weights) and torch.ao
 int8 (``plugins.compressors.quantize.QuantizeDynamic``). Each is a text scorer
-(:class:`trustequiv.models.scorer.TorchTextScorer` / :class:`plugins.sources.onnx.OnnxTextScorer`):
+(:class:`trustequiv.models.scorer.TorchTextScorer` / :class:`plugins.sources.onnx.runtime.OnnxTextScorer`):
 length-sorted
 dynamically padded batches of ``--batch-tokens`` padded tokens. Prints examples/s (best of ``--repeats``
 after a warm-up), the largest probability difference from torch fp32 and the share of equal predictions.
@@ -82,7 +82,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from plugins.compressors.quantize import QuantizeDynamic
-    from plugins.sources.onnx import OnnxModel, OnnxTextScorer, export_classifier
+    from plugins.sources.onnx.export import export_classifier
+    from plugins.sources.onnx.runtime import OnnxModel, OnnxTextScorer
     from trustequiv.config import register_resolvers
     from trustequiv.models.loading import load_classifier
     from trustequiv.models.scorer import TorchTextScorer

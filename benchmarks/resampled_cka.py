@@ -5,7 +5,7 @@ linear map of the reference), ``R`` bootstrap resamples of the rows:
 
 - ours: :func:`plugins.characteristics.representation.resampled_linear_cka` on the ``(R, n)`` row indices
   (what the verdict evaluates for ``cka_linear``);
-- direct: :func:`trustequiv.functional.representation.linear_cka` on ``X[idx_r]``, ``Y[idx_r]`` per resample
+- direct: :func:`trustequiv.functional.cka.linear_cka` on ``X[idx_r]``, ``Y[idx_r]`` per resample
   (timed on ``--direct`` resamples and scaled to R);
 - the largest difference between the two on the directly computed resamples.
 
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from plugins.characteristics.representation import resampled_linear_cka
-from trustequiv.functional.representation import linear_cka
+from trustequiv.functional.cka import linear_cka
 
 
 def main() -> None:

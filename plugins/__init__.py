@@ -10,8 +10,8 @@ by Hydra from ``conf/characteristic/<name>.yaml`` (``_target_``, our own config 
 PLUGINS: dict[str, dict[str, str]] = {
     "source": {
         "hf": "plugins.sources.hf:HFSource",
-        "onnx": "plugins.sources.onnx:OnnxSource",
-        "predictions": "plugins.sources.predictions:PredictionsSource",
+        "onnx": "plugins.sources.onnx.source:OnnxSource",
+        "predictions": "plugins.sources.predictions.source:PredictionsSource",
     },
     "task_kind": {
         "classification": "plugins.tasks.classification:KIND",

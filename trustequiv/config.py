@@ -98,7 +98,7 @@ def _refuse(key: str, value: Any, *, null: bool, example: int) -> ConfigError:
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot work before anything is loaded, naming the key: the batch sizes
     (``predict.batch_size``, ``task.training.batch_size``) and ``task.max_length`` must be >= 1 (its upper
-    bound is the model's: :func:`trustequiv.models.loading.check_max_length`); ``limit_examples``,
+    bound is the model's: :func:`trustequiv.models.checks.check_max_length`); ``limit_examples``,
     ``limit_ood_examples`` (an int or a mapping of them) and ``characteristic.<name>.n_examples`` must be
     >= 1 or null; ``seed`` a whole number; ``candidates`` null or a list of ``{base, compressor}`` nodes.
     Absent keys are not checked.

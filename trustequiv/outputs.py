@@ -123,6 +123,28 @@ class ModelOutputs:
             columns={k: [v[r] for r in rows] for k, v in self.columns.items()},
         )
 
+    def correct_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(correct (N,) bool, usable (N,) bool)`` over all rows: the one definition of "right" behind error
+        sets, flips and the report's flipped examples.
+
+        With scores: usable = labelled rows (label != -1); correct = ``correct`` when the task sets it
+        (extractive QA: exact match), else ``argmax(probs) == label``. Without scores (a released error set):
+        ``correct`` on every row, gold label or not (whoever made the set judged the answers).
+
+        Raises:
+            ValueError: outputs with scores and no labelled example.
+        """
+        if not self.has_scores:
+            correct = self.correct.detach().cpu().numpy().astype(bool)
+            return correct, np.ones(correct.shape[0], dtype=bool)
+        labelled(self)  # raises on a split without any gold label
+        labels = self.labels.detach().cpu().numpy()
+        if self.correct is None:
+            correct = self.probs.detach().cpu().numpy().argmax(axis=1) == labels
+        else:
+            correct = self.correct.detach().cpu().numpy().astype(bool)
+        return correct, labels >= 0
+
     def with_collected(self, name: str, value: Any) -> ModelOutputs:
         """A copy with ``collected[name] = value``."""
         return dataclasses.replace(self, collected={**self.collected, name: value})
@@ -195,6 +217,20 @@ def labelled(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         )
     probs = outputs.probs.detach().cpu().numpy()
     return probs[keep], labels[keep].astype(np.int64), outputs.example_ids.detach().cpu().numpy()[keep]
+
+
+def paired_correct(a: ModelOutputs, b: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(correct_a (n,), correct_b (n,), example_ids (n,))`` of two aligned outputs on the rows that count
+    for both (:meth:`ModelOutputs.correct_rows`); a flip is a row where the two differ.
+
+    Raises:
+        ValueError: the two share no usable row, or one has scores and no labelled example.
+    """
+    (ca, ua), (cb, ub) = a.correct_rows(), b.correct_rows()
+    usable = ua & ub
+    if not usable.any():
+        raise ValueError(f"{a.name} and {b.name} share no labelled example")
+    return ca[usable], cb[usable], a.example_ids.detach().cpu().numpy()[usable]
 
 
 def aligned_rows(data, outputs: ModelOutputs):

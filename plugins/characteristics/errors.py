@@ -4,7 +4,7 @@ Paper B (Rai, Pal, Awekar, arXiv 2407.13174) compares models by the Jaccard simi
 over all pairs. Beside it: label agreement and Jensen-Shannon distance ("label / probability loyalty",
 Xu et al. 2021), flips (Dutta et al. 2024), Cohen's kappa and McNemar's exact test.
 
-Outputs without scores (a released error set, ``logits`` None, see ``plugins/sources/predictions.py``) carry
+Outputs without scores (a released error set, ``logits`` None, see ``plugins/sources/predictions/``) carry
 only ``correct``: for them the error-set Jaccard (with its interval), flips and McNemar are computed, and
 agreement, Cohen's kappa and JS distance are left out with a note.
 """
@@ -26,7 +26,7 @@ from trustequiv.functional.agreement import (
     mcnemar_exact_p,
 )
 from trustequiv.functional.bootstrap import BootstrapResult, paired_bootstrap
-from trustequiv.outputs import CharacteristicResult, ModelOutputs, align, labelled
+from trustequiv.outputs import CharacteristicResult, ModelOutputs, align, paired_correct
 from trustequiv.report.figures import matrix_heatmap
 
 
@@ -47,48 +47,16 @@ def _flip_rows(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
     return np.mean(correct_a != correct_b, axis=-1)
 
 
-def _correct_rows(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """``(correct (N,) bool, usable (N,) bool)`` over all rows.
-
-    With scores: usable = labelled rows (label != -1); correct = ``outputs.correct`` when the task sets it
-    (extractive QA: exact match), else ``argmax(probs) == label``. Without scores (a released error set):
-    ``outputs.correct`` on every row, gold label or not (whoever made the set judged the answers).
-
-    Raises:
-        ValueError: outputs with scores and no labelled example.
-    """
-    if not outputs.has_scores:
-        correct = outputs.correct.detach().cpu().numpy().astype(bool)
-        return correct, np.ones(correct.shape[0], dtype=bool)
-    labelled(outputs)  # raises on a split without any gold label
-    labels = outputs.labels.detach().cpu().numpy()
-    usable = labels >= 0
-    if outputs.correct is None:
-        correct = outputs.probs.detach().cpu().numpy().argmax(axis=1) == labels
-    else:
-        correct = outputs.correct.detach().cpu().numpy().astype(bool)
-    return correct, usable
-
-
 def correctness(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """``(correct (n,) bool, example_ids (n,))`` over the rows that count (see :func:`_correct_rows`):
-    the labelled rows of outputs with scores, every row of outputs without.
+    """``(correct (n,) bool, example_ids (n,))`` over the rows that count
+    (:meth:`~trustequiv.outputs.ModelOutputs.correct_rows`): the labelled rows of outputs with scores, every
+    row of outputs without.
 
     Raises:
         ValueError: outputs with scores and no labelled example.
     """
-    correct, usable = _correct_rows(outputs)
+    correct, usable = outputs.correct_rows()
     return correct[usable], outputs.example_ids.detach().cpu().numpy()[usable]
-
-
-def _pair_correctness(a: ModelOutputs, b: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(correct_a (n,), correct_b (n,), example_ids (n,))`` of two aligned outputs on the rows that count
-    for both (identical to :func:`correctness` of each when both carry scores, or both do not)."""
-    (ca, ua), (cb, ub) = _correct_rows(a), _correct_rows(b)
-    usable = ua & ub
-    if not usable.any():
-        raise ValueError(f"{a.name} and {b.name} share no labelled example")
-    return ca[usable], cb[usable], a.example_ids.detach().cpu().numpy()[usable]
 
 
 def _error_ids(correct: np.ndarray, ids: np.ndarray) -> frozenset[int]:
@@ -167,7 +135,7 @@ class ErrorsCharacteristic(Characteristic):
         """
         ref, cand = align(reference, candidate)
         pair = pair_name(ref.name, cand.name)
-        correct_ref, correct_cand, ids = _pair_correctness(ref, cand)
+        correct_ref, correct_cand, ids = paired_correct(ref, cand)
 
         jac = jaccard(_error_ids(correct_ref, ids), _error_ids(correct_cand, ids))
         jac_boot = self._bootstrap(_jaccard_rows, ~correct_ref, ~correct_cand)
@@ -215,7 +183,7 @@ class ErrorsCharacteristic(Characteristic):
             ValueError: from :func:`trustequiv.outputs.align`, or no shared labelled example.
         """
         ref, cand = align(reference, candidate)
-        correct_ref, correct_cand, ids = _pair_correctness(ref, cand)
+        correct_ref, correct_cand, ids = paired_correct(ref, cand)
         ids = ids.astype(np.int64)
         stats = [
             PairStatistic("error_jaccard", "higher", ids, (~correct_ref, ~correct_cand), _jaccard_rows),
@@ -261,7 +229,7 @@ class ErrorsCharacteristic(Characteristic):
         index = {n: i for i, n in enumerate(names)}
         for a, b in all_pairs(outputs):
             ra, rb = align(a, b)
-            ca, cb, ids = _pair_correctness(ra, rb)
+            ca, cb, ids = paired_correct(ra, rb)
             i, j = index[a.name], index[b.name]
             jac[i, j] = jac[j, i] = jaccard(_error_ids(ca, ids), _error_ids(cb, ids))
             boot = self._bootstrap(_jaccard_rows, ~ca, ~cb)

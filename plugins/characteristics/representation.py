@@ -19,16 +19,15 @@ import torch
 from matplotlib.figure import Figure
 
 from trustequiv.characteristic import Characteristic, PairStatistic, all_pairs, pair_name
-from trustequiv.functional.representation import (
-    DEFAULT_KS,
+from trustequiv.functional.cka import linear_cka_null
+from trustequiv.functional.knn import (
     FAISS_MIN_N,
-    NullSummary,
     knn_indices,
-    linear_cka_null,
     mutual_knn_null,
     neighbour_overlap,
     resolve_knn_backend,
 )
+from trustequiv.functional.representation import DEFAULT_KS, NullSummary
 from trustequiv.outputs import CharacteristicResult, ModelOutputs, align
 from trustequiv.report.figures import matrix_heatmap
 
@@ -319,7 +318,7 @@ def resampled_linear_cka(
         HSIC_w(K, L) = wᵀ(K∘L)w - (2/m) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw) / m²
 
     and ``CKA = HSIC_w(K, L) / sqrt(HSIC_w(K, K) HSIC_w(L, L))``, equal to
-    :func:`trustequiv.functional.representation.linear_cka` of the resampled rows. The features are first
+    :func:`trustequiv.functional.cka.linear_cka` of the resampled rows. The features are first
     centred on all N rows (CKA is translation invariant; this keeps the expansion's terms small). The Gram
     matrices are formed ``block_size`` columns at a time.
 

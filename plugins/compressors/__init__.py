@@ -2,5 +2,5 @@
 :class:`trustequiv.models.compressor.Compressor` subclass named by its ``conf/compressor/<name>.yaml``;
 checkpoints
 record only the name and plain settings, and are rebuilt by name
-(:func:`trustequiv.models.loading.build_compressor`).
+(:func:`trustequiv.models.compressor.build_compressor`).
 """

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from plugins.compressors.layer_drop import LayerDrop
 from trustequiv.data.splits import split_fingerprint
 from trustequiv.models.compressor import CalibrationData, Compressor
-from trustequiv.models.loading import local_dir
+from trustequiv.models.spec import local_dir
 from trustequiv.train.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets
 from trustequiv.train.fine_tune import optimizer_settings
 

@@ -14,18 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from trustequiv.data.splits import split_fingerprint
+from trustequiv.models.fingerprint import fingerprint
 from trustequiv.models.handle import ModelHandle
-from trustequiv.models.loading import (
-    ModelSpec,
-    check_model_inputs,
-    checkpoint_label_names,
-    fingerprint,
-    local_dir,
-    read_metadata,
-    resolve_checkpoint,
-)
+from trustequiv.models.loading import check_model_inputs, checkpoint_label_names, read_metadata
 from trustequiv.models.scorer import TorchTextScorer
 from trustequiv.models.source import ModelSource, RunContext
+from trustequiv.models.spec import ModelSpec, local_dir, resolve_checkpoint
 from trustequiv.models.zoo import zoo_entry
 from trustequiv.outputs import ModelOutputs
 from trustequiv.train.checkpoints import ensure_checkpoint

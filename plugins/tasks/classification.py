@@ -20,7 +20,8 @@ from transformers import AutoModelForSequenceClassification
 from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data.batches import EncodedSplit, TaskDataModule, encode_split
 from trustequiv.data.task_kind import TaskKind
-from trustequiv.models.loading import ModelSpec, load_classifier, load_tokenizer, local_dir
+from trustequiv.models.loading import load_classifier, load_tokenizer
+from trustequiv.models.spec import ModelSpec, local_dir
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows, cached_prediction, output_key
 from trustequiv.train.fine_tune import Recipe, optimizer_settings
@@ -108,19 +109,7 @@ class Classification(TaskKind):
         ids = [int(i) for i in split_data["id"]]
         max_length = int(task_cfg["max_length"])
         pooling, layer = predict_cfg.get("pooling", "cls"), int(predict_cfg.get("layer", -1))
-        key = output_key(
-            kind=self.name,
-            fingerprint=fingerprint,
-            task=task_cfg["name"],
-            split=split,
-            data=key_extra["data"],
-            settings={
-                "max_length": max_length,
-                "pooling": pooling,
-                "layer": layer,
-                "declared_label_names": key_extra.get("declared_label_names"),
-            },
-        )
+        key = self._output_key(fingerprint, task_cfg, split, key_extra, max_length, pooling, layer)
 
         def run(done_ids: set[int]) -> None:
             loaded = load()
@@ -131,20 +120,8 @@ class Classification(TaskKind):
             if not todo:
                 return
             encoded: dict[str, EncodedSplit] = {split: enc.subset(todo)}
-            module = SequenceClassifier(
-                loaded.model,
-                num_labels=len(label_names),
-                label_permutation=loaded.label_permutation,
-                pooling=pooling,
-                layer=layer,
-            )
-            dm = TaskDataModule(
-                encoded,
-                loaded.tokenizer,
-                eval_batch_size=int(predict_cfg.get("batch_size", 64)),
-                num_workers=int(predict_cfg.get("num_workers", 0)),
-                predict_split=split,
-            )
+            n_labels = len(label_names)
+            module, dm = _predict_inputs(loaded, encoded, n_labels, split, pooling, layer, predict_cfg)
             writer = PartialPredictionWriter(cache.partial_dir(key))
             trainer = make_trainer(
                 trainer_cfg,
@@ -173,6 +150,58 @@ class Classification(TaskKind):
             meta=meta,
             expected_ids=ids,
         )
+
+    def _output_key(
+        self,
+        fingerprint: str,
+        task_cfg: Mapping[str, Any],
+        split: str,
+        key_extra: Mapping[str, Any],
+        max_length: int,
+        pooling: str,
+        layer: int,
+    ) -> str:
+        """The prediction cache key of one model and split."""
+        return output_key(
+            kind=self.name,
+            fingerprint=fingerprint,
+            task=task_cfg["name"],
+            split=split,
+            data=key_extra["data"],
+            settings={
+                "max_length": max_length,
+                "pooling": pooling,
+                "layer": layer,
+                "declared_label_names": key_extra.get("declared_label_names"),
+            },
+        )
+
+
+def _predict_inputs(
+    loaded: Any,
+    encoded: dict[str, EncodedSplit],
+    num_labels: int,
+    split: str,
+    pooling: str,
+    layer: int,
+    predict_cfg: Mapping[str, Any],
+) -> tuple[SequenceClassifier, TaskDataModule]:
+    """The Lightning module and data module that predict the ``encoded`` rows of ``split``."""
+    module = SequenceClassifier(
+        loaded.model,
+        num_labels=num_labels,
+        label_permutation=loaded.label_permutation,
+        pooling=pooling,
+        layer=layer,
+    )
+    dm = TaskDataModule(
+        encoded,
+        loaded.tokenizer,
+        eval_batch_size=int(predict_cfg.get("batch_size", 64)),
+        num_workers=int(predict_cfg.get("num_workers", 0)),
+        predict_split=split,
+    )
+    return module, dm
 
 
 KIND = Classification()

@@ -51,7 +51,8 @@ from trustequiv.cache import PartialPredictionWriter
 from trustequiv.data.batches import LengthSortedBatchSampler
 from trustequiv.data.task_kind import TaskKind
 from trustequiv.functional.squad import best_null_threshold, postprocess_question, squad_v2_scores
-from trustequiv.models.loading import LoadedModel, load_checkpoint, load_tokenizer, local_dir
+from trustequiv.models.loading import LoadedModel, load_checkpoint, load_tokenizer
+from trustequiv.models.spec import local_dir
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import cached_prediction, output_key
 from trustequiv.train.fine_tune import Recipe, fine_tune, optimizer_settings
@@ -400,14 +401,7 @@ def predict_qa_outputs(
     label_names = tuple(task_cfg["label_names"])
     ids = [int(i) for i in split_data["id"]]
     layer = int(predict_cfg.get("layer", -1))
-    key = output_key(
-        kind=KIND_NAME,
-        fingerprint=fingerprint,
-        task=task_cfg["name"],
-        split=split,
-        data=key_extra["data"],
-        settings={**settings, "layer": layer},
-    )
+    key = _qa_key(fingerprint, task_cfg, split, key_extra, settings, layer)
     windows: dict[str, Any] = {}
 
     def features() -> list[dict[str, Any]]:
@@ -435,31 +429,12 @@ def predict_qa_outputs(
         )
         if not todo:
             return
-        module = QuestionAnswerer(loaded.model, layer=layer)
         writer = PartialPredictionWriter(cache.partial_dir(key), keys=_QA_TENSORS, id_key="feature")
-        trainer = make_trainer(
-            trainer_cfg,
-            cpu_only=loaded.cpu_only,
-            callbacks=[writer],
-            enable_checkpointing=False,
-            inference_mode=True,
-            devices=1,
-            strategy="auto",
-        )
-        loader = _predict_loader(feats, todo, loaded.tokenizer, int(predict_cfg.get("batch_size", 64)))
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        _predict_windows(loaded, feats, todo, writer, layer, trainer_cfg, predict_cfg)
 
     def assemble(done: list[dict[str, Tensor]]) -> ModelOutputs:
         feats = features()
-        starts: list[np.ndarray] = [np.empty(0)] * len(feats)
-        ends: list[np.ndarray] = [np.empty(0)] * len(feats)
-        emb = torch.zeros(len(feats), done[0]["embeddings"].shape[1])
-        for b in done:
-            for k, f in enumerate(b["feature"].tolist()):
-                width = len(feats[f]["input_ids"])
-                starts[f] = b["start_logits"][k, :width].numpy()
-                ends[f] = b["end_logits"][k, :width].numpy()
-                emb[f] = b["embeddings"][k]
+        starts, ends, emb = _window_logits(done, feats)
         return qa_outputs_from_logits(name, split_data, feats, starts, ends, emb, label_names, settings)
 
     meta = {
@@ -479,6 +454,65 @@ def predict_qa_outputs(
         meta=meta,
         expected_ids=ids,
     )
+
+
+def _qa_key(
+    fingerprint: str,
+    task_cfg: Mapping[str, Any],
+    split: str,
+    key_extra: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    layer: int,
+) -> str:
+    """The prediction cache key of one model and split: the QA settings and the embedding layer."""
+    return output_key(
+        kind=KIND_NAME,
+        fingerprint=fingerprint,
+        task=task_cfg["name"],
+        split=split,
+        data=key_extra["data"],
+        settings={**settings, "layer": layer},
+    )
+
+
+def _predict_windows(
+    loaded: LoadedModel,
+    feats: list[dict[str, Any]],
+    todo: list[int],
+    writer: PartialPredictionWriter,
+    layer: int,
+    trainer_cfg: Mapping[str, Any],
+    predict_cfg: Mapping[str, Any],
+) -> None:
+    """Run the windows ``todo`` of ``feats`` through the model on one device; ``writer`` keeps each batch."""
+    module = QuestionAnswerer(loaded.model, layer=layer)
+    trainer = make_trainer(
+        trainer_cfg,
+        cpu_only=loaded.cpu_only,
+        callbacks=[writer],
+        enable_checkpointing=False,
+        inference_mode=True,
+        devices=1,
+        strategy="auto",
+    )
+    loader = _predict_loader(feats, todo, loaded.tokenizer, int(predict_cfg.get("batch_size", 64)))
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+
+
+def _window_logits(
+    done: list[dict[str, Tensor]], feats: list[dict[str, Any]]
+) -> tuple[list[np.ndarray], list[np.ndarray], Tensor]:
+    """Per window its start and end logits (cut to its width) and its embedding, from the written batches."""
+    starts: list[np.ndarray] = [np.empty(0)] * len(feats)
+    ends: list[np.ndarray] = [np.empty(0)] * len(feats)
+    emb = torch.zeros(len(feats), done[0]["embeddings"].shape[1])
+    for b in done:
+        for k, f in enumerate(b["feature"].tolist()):
+            width = len(feats[f]["input_ids"])
+            starts[f] = b["start_logits"][k, :width].numpy()
+            ends[f] = b["end_logits"][k, :width].numpy()
+            emb[f] = b["embeddings"][k]
+    return starts, ends, emb
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -245,13 +245,7 @@ class TextClassificationLoader:
         )
         logger.info("task %s: loading %s from the Hugging Face hub", self.task, "/".join(args))
         dsd = datasets.load_dataset(*args, **kwargs)
-        cols = dict(hub["columns"])
-        wanted = {"text_a": cols["text_a"], "label": cols["label"]}
-        if self.pair:
-            if not cols.get("text_b"):
-                raise ValueError(f"task {self.task!r} is a pair task but loader.hub.columns has no text_b")
-            wanted["text_b"] = cols["text_b"]
-        id_col = cols.get("id")
+        wanted, id_col = self._hub_columns(hub)
 
         def read(split_spec: Mapping[str, Any]) -> _Part | None:
             name = split_spec["split"]
@@ -276,19 +270,9 @@ class TextClassificationLoader:
             unknown = [c for c in needed if c not in ds.column_names]
             if unknown:
                 raise ValueError(f"{origin}: columns {unknown} not found; it has {ds.column_names}")
-            table = self._hub_label_map(ds.features, wanted["label"], label_names)
             batch = ds.select_columns(needed)[:]
-            raw = np.asarray(batch[wanted["label"]])
-            if table is not None:
-                raw = raw.astype(np.int64)
-                bad = (raw < -1) | (raw >= len(table))
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise ValueError(f"{origin}, row {i}: label value {raw[i]} outside the ClassLabel range")
-                labels = np.where(raw < 0, -1, table[np.clip(raw, 0, None)])
-            else:
-                labels = self._map_raw_labels([str(v) for v in raw], hub["labels"], label_names, origin)
-            n = len(raw)
+            labels = self._hub_labels(ds.features, batch, wanted["label"], hub, label_names, origin)
+            n = len(labels)
             row_ids = np.asarray(batch[id_col], dtype=np.int64) if id_col else np.arange(n, dtype=np.int64)
             part = _Part(
                 origin,
@@ -305,13 +289,48 @@ class TextClassificationLoader:
             return part
 
         parts = self._assemble(hub, read)
+        self._check_labelled(parts)
+        return parts
+
+    def _hub_columns(self, hub: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+        """The hub columns read (``{"text_a", "label"[, "text_b"]}`` -> hub column) and the id column."""
+        cols = dict(hub["columns"])
+        wanted = {"text_a": cols["text_a"], "label": cols["label"]}
+        if self.pair:
+            if not cols.get("text_b"):
+                raise ValueError(f"task {self.task!r} is a pair task but loader.hub.columns has no text_b")
+            wanted["text_b"] = cols["text_b"]
+        return wanted, cols.get("id")
+
+    def _hub_labels(
+        self,
+        features: Any,
+        batch: Mapping[str, Any],
+        column: str,
+        hub: Mapping[str, Any],
+        label_names: list[str],
+        origin: str,
+    ) -> np.ndarray:
+        """The task's label ids of a hub split's rows (-1: unlabelled): by ClassLabel or by raw value."""
+        table = self._hub_label_map(features, column, label_names)
+        raw = np.asarray(batch[column])
+        if table is None:
+            return self._map_raw_labels([str(v) for v in raw], hub["labels"], label_names, origin)
+        raw = raw.astype(np.int64)
+        bad = (raw < -1) | (raw >= len(table))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{origin}, row {i}: label value {raw[i]} outside the ClassLabel range")
+        return np.where(raw < 0, -1, table[np.clip(raw, 0, None)])
+
+    def _check_labelled(self, parts: Mapping[str, _Part]) -> None:
+        """Raise ``ValueError`` for a hub split with rows but no label (GLUE's hidden test labels)."""
         for split, part in parts.items():
             if len(part) and (part.labels < 0).all():
                 raise ValueError(
                     f"task {self.task!r}: split {split!r} ({part.origin}) is entirely unlabelled (label -1; "
                     f"GLUE hides its test labels); map {split!r} to a labelled hub split in loader.hub.splits"
                 )
-        return parts
 
     # ------------------------------------------------------------------ local
     def _local_sources(self) -> list[Mapping[str, Any]]:

@@ -15,7 +15,7 @@ from conftest import compose, tiny_overrides, write_classifier, write_tiny_bert
 from torch import nn
 
 from trustequiv.functional import distillation as D
-from trustequiv.functional.representation import linear_cka
+from trustequiv.functional.cka import linear_cka
 from trustequiv.run import pipeline
 from trustequiv.train import fine_tune as training
 from trustequiv.train.distillation import DistillationModule, DistillTerms, LiveTeacher, TeacherTargets

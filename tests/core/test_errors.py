@@ -227,7 +227,7 @@ def test_the_fine_tuned_classifier_loads(ckpts):
 
 def test_fine_tuning_still_starts_from_an_encoder_with_a_new_head(tiny_bert):
     from plugins.tasks.classification import new_classifier
-    from trustequiv.models.loading import ModelSpec
+    from trustequiv.models.spec import ModelSpec
 
     model, _ = new_classifier(ModelSpec("m", str(tiny_bert)), {"label_names": LABELS})
     assert model.config.num_labels == 2
@@ -326,7 +326,7 @@ def test_unreachable_hub_stops_before_the_hub_clients(monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub import constants
 
-    from trustequiv.models.loading import local_dir
+    from trustequiv.models.spec import local_dir
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", DEAD_ENDPOINT)

@@ -24,7 +24,8 @@ from conftest import REPO, compose, tiny_overrides, write_classifier
 
 from trustequiv.cache import NotAFileError, OutputCache, atomic_open, atomic_save, atomic_write_text
 from trustequiv.config import check_config
-from trustequiv.models.loading import check_model_inputs, file_digest, fingerprint
+from trustequiv.models.fingerprint import file_digest, fingerprint
+from trustequiv.models.loading import check_model_inputs
 from trustequiv.outputs import ModelOutputs
 from trustequiv.run import pipeline
 from trustequiv.user_errors import CheckpointError, ConfigError, one_line
@@ -77,7 +78,8 @@ def test_same_size_copy_with_its_mtime_kept_is_hashed_again(tmp_path):
     assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     after = fingerprint(ckpt, memo)
     assert after != before and after == fingerprint(ckpt)  # the memo's answer is the content's
-    assert file_digest(weights, memo) != digest_before  # an ONNX file's own digest (plugins/sources/onnx.py)
+    # an ONNX file's own digest (plugins/sources/onnx/files.py)
+    assert file_digest(weights, memo) != digest_before
     # A copy renamed into place (rsync's temporary file, tar) is a new inode: hashed again as well.
     other = tmp_path / "other"
     other.write_bytes(b"A" * 4096)
@@ -248,7 +250,7 @@ def _tiny_onnx(path: Path, op: str = "Identity") -> Path:
 def test_unreadable_onnx_file_is_one_line(tmp_path, tiny_bert, kind):
     """Before: protobuf's DecodeError (or onnxruntime's InvalidProtobuf / InvalidGraph) with a traceback."""
     pytest.importorskip("onnxruntime")
-    from plugins.sources import onnx as onnx_source
+    from plugins.sources.onnx import source as onnx_source
     from trustequiv.data.task_kind import task_kind
 
     d = tmp_path / "onnx_model"

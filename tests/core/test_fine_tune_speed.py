@@ -14,7 +14,7 @@ from conftest import REPO, compose, tiny_overrides
 from lightning.pytorch.callbacks import Callback
 
 from plugins.tasks.classification import RECIPE, fit_inputs, new_classifier
-from trustequiv.models.loading import ModelSpec
+from trustequiv.models.spec import ModelSpec
 from trustequiv.plain import plain
 from trustequiv.run import pipeline
 from trustequiv.train.trainer import make_trainer

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import write_classifier
 
-from plugins.sources.predictions import PredictionsSource
+from plugins.sources.predictions.source import PredictionsSource
 from trustequiv.data.task_kind import task_kind
-from trustequiv.models.loading import check_name
 from trustequiv.models.source import RunContext, build_source
+from trustequiv.models.spec import check_name
 from trustequiv.outputs import ModelOutputs
 from trustequiv.report.run_report import write_predictions
 from trustequiv.user_errors import ConfigError, MissingFileError, one_line

@@ -29,15 +29,10 @@ from trustequiv.cache import (
     run_id,
 )
 from trustequiv.data.splits import split_fingerprint
-from trustequiv.models.loading import (
-    METADATA_FILE,
-    ModelSpec,
-    build_compressor,
-    check_name,
-    compressor_registry,
-    fingerprint,
-    load_classifier,
-)
+from trustequiv.models.compressor import build_compressor, compressor_registry
+from trustequiv.models.fingerprint import fingerprint
+from trustequiv.models.loading import METADATA_FILE, load_classifier
+from trustequiv.models.spec import ModelSpec, check_name
 from trustequiv.outputs import ModelOutputs
 from trustequiv.prediction import assemble_rows, cached_prediction
 

@@ -21,7 +21,7 @@ from plugins.characteristics.qa import QACharacteristic
 from plugins.characteristics.representation import RepresentationCharacteristic, resampled_linear_cka
 from trustequiv.characteristic import PairStatistic, pair_name
 from trustequiv.functional.adversarial import transfer_rate
-from trustequiv.functional.representation import linear_cka
+from trustequiv.functional.cka import linear_cka
 from trustequiv.outputs import ModelOutputs, align
 
 N_LOOP = 5  # resamples checked against the loop

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import trustequiv.functional.representation as rep
+import trustequiv.functional.knn as rep
 from plugins.characteristics.representation import RepresentationCharacteristic
-from trustequiv.functional.representation import (
+from trustequiv.functional.cka import linear_cka, linear_cka_null
+from trustequiv.functional.knn import (
     faiss_available,
     knn_indices,
     knn_search,
-    linear_cka,
-    linear_cka_null,
     mutual_knn,
     mutual_knn_from_indices,
     mutual_knn_null,

@@ -15,8 +15,8 @@ from torch.nn.utils import prune
 from plugins.compressors.prune import MagnitudePrune, prunable_linears, weight_sparsity
 from plugins.compressors.prune_heads import PruneHeads, head_importance, least_important_heads
 from plugins.compressors.quantize_weight import QuantizeWeight
-from trustequiv.models.compressor import CalibrationData
-from trustequiv.models.loading import build_compressor, load_classifier
+from trustequiv.models.compressor import CalibrationData, build_compressor
+from trustequiv.models.loading import load_classifier
 from trustequiv.run import pipeline
 from trustequiv.train import fine_tune as training
 

@@ -15,7 +15,8 @@ pytest.importorskip("onnx")
 
 import onnxruntime
 
-from plugins.sources import onnx as onnx_source
+from plugins.sources.onnx import runtime as onnx_runtime
+from plugins.sources.onnx import source as onnx_source
 from trustequiv.models.source import build_source
 from trustequiv.run import pipeline
 from trustequiv.run.plan import make_plan
@@ -108,7 +109,7 @@ def test_scorer_probabilities_equal_cached_softmax(run):
     handle = src.handle(ctx)
     assert handle.loaded is None and handle.cpu_only and handle.source == "onnx"
     scorer = handle.scorer(plan.task_cfg, batch_tokens=128, devices=["cuda:0"])
-    assert isinstance(scorer, onnx_source.OnnxTextScorer) and scorer.cpu_only
+    assert isinstance(scorer, onnx_runtime.OnnxTextScorer) and scorer.cpu_only
     data = plan.splits["test"]
     order = {int(i): k for k, i in enumerate(data["id"])}
     texts = [(data["text_a"][order[int(i)]],) for i in out.example_ids.tolist()]
@@ -123,7 +124,8 @@ def test_scorer_probabilities_equal_cached_softmax(run):
 
 def test_second_run_is_served_from_the_cache(run, monkeypatch):
     _, cfg, _ = run
-    forbid(monkeypatch, onnx_source, "open_session", "export_classifier")
+    forbid(monkeypatch, onnx_runtime, "open_session")
+    forbid(monkeypatch, onnx_source, "export_classifier")
     forbid(monkeypatch, onnxruntime, "InferenceSession")
     plan = make_plan(cfg)
     runners = pipeline.run_models(plan, pipeline.run_context(cfg, plan.task_cfg, dataset=plan.dataset))
@@ -221,7 +223,7 @@ def test_missing_files_and_layers(run, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         build_source({"source": "onnx", "path": str(lonely)}).prepare(ctx)
-    model = onnx_source.OnnxModel.load(
+    model = onnx_runtime.OnnxModel.load(
         tmp / "models" / "sst2" / "tiny_ref+onnx" / "model.onnx", ["negative", "positive"]
     )
     assert model.hidden_output(-1) == "hidden_states.2" and model.hidden_output(0) == "hidden_states.0"
@@ -281,13 +283,13 @@ def test_interrupted_prediction_resumes(run, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "outputs").rglob("*.partial/*.safetensors"))) == 2
     monkeypatch.setattr(onnx_source, "atomic_save", real_save)
     rows = []
-    real_run = onnx_source.OnnxModel.run
+    real_run = onnx_runtime.OnnxModel.run
 
     def counting(self, features, outputs):
         rows.append(len(features))
         return real_run(self, features, outputs)
 
-    monkeypatch.setattr(onnx_source.OnnxModel, "run", counting)
+    monkeypatch.setattr(onnx_runtime.OnnxModel, "run", counting)
     out, cached = src.outputs(data, plan.task_cfg, "test", ctx)
     assert not cached and sum(rows) == len(data) - 16
     assert torch.equal(out.example_ids, clean.example_ids)

@@ -1,4 +1,4 @@
-"""The ``predictions`` model source (plugins/sources/predictions.py), the errors and calibration
+"""The ``predictions`` model source (plugins/sources/predictions/), the errors and calibration
 characteristics on outputs without scores, and paper B's released error sets
 (experiment=paper_b_squad2_errors)."""
 
@@ -16,7 +16,7 @@ from conftest import DATA_DIR, compose
 
 from plugins.characteristics.calibration import CalibrationCharacteristic
 from plugins.characteristics.errors import ErrorsCharacteristic
-from plugins.sources.predictions import PredictionsSource
+from plugins.sources.predictions.source import PredictionsSource
 from plugins.tasks.id_lists import IdListLoader
 from trustequiv.data.task_kind import task_kind
 from trustequiv.models.source import RunContext, build_source

@@ -17,7 +17,7 @@ scalar tensor (the batch mean) unless a ``reduction`` says otherwise.
 - :func:`explanation_alignment_loss`: e2KD (Parchami-Araghi et al. 2024, arXiv 2402.03119): ``1 - cos``
   between teacher and student attributions over the input tokens.
 - :func:`linear_cka_torch`, :func:`cka_loss`: linear CKA (Kornblith et al. 2019), differentiable, the same
-  biased estimator as :func:`trustequiv.functional.representation.linear_cka`.
+  biased estimator as :func:`trustequiv.functional.cka.linear_cka`.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def explanation_alignment_loss(
 def linear_cka_torch(features_a: Tensor, features_b: Tensor) -> Tensor:
     """Linear CKA (Kornblith et al. 2019), differentiable: ``||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` on
     column-centred ``(N, D_a)`` and ``(N, D_b)`` features (the biased HSIC estimator of
-    :func:`trustequiv.functional.representation.linear_cka`, in float32). In [0, 1].
+    :func:`trustequiv.functional.cka.linear_cka`, in float32). In [0, 1].
 
     Raises:
         ValueError: not 2-D, row counts differ, or fewer than 2 rows.

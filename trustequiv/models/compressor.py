@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+
+from trustequiv import registry
+
+log = logging.getLogger(__name__)
+
+# Compressor settings a recipe may carry: plain JSON values, so building one can run no chosen code.
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ class Compressor(ABC):  # noqa: B024 - every hook has a sensible default
         Args:
             base: the fine-tuned base as loaded (:class:`trustequiv.models.loading.LoadedModel`: directory,
                 fingerprint, label permutation, tokenizer; its ``model`` may be the one :meth:`compress`
-                changed). base_spec: its :class:`trustequiv.models.loading.ModelSpec`, or None.
+                changed). base_spec: its :class:`trustequiv.models.spec.ModelSpec`, or None.
             task_cfg, dataset: the task config and its ``DatasetDict``.
             ctx: the run's :class:`trustequiv.models.source.RunContext` (output cache, task kind, prediction
                 settings), or None when :func:`~trustequiv.train.fine_tune.fine_tune` is called without one.
@@ -101,3 +110,51 @@ class Compressor(ABC):  # noqa: B024 - every hook has a sensible default
     def recipe(self) -> dict[str, Any]:
         """JSON-able settings written into the checkpoint (and thus into its fingerprint)."""
         return {"name": self.name}
+
+
+def compressor_registry() -> dict[str, type[Compressor]]:
+    """Compressor name -> class, as :data:`plugins.PLUGINS` declares them (each name's settings are in its
+    ``conf/compressor/<name>.yaml``). Only these names can be built."""
+    return {name: registry.lookup("compressor", name) for name in registry.names("compressor")}
+
+
+def build_compressor(recipe: dict[str, Any]) -> Compressor:
+    """The compressor a config node or a checkpoint's recipe names, built by name, never by ``_target_``.
+
+    ``recipe["name"]`` picks the class from :func:`compressor_registry`; the other keys (less ``_target_``,
+    which is ignored) are its keyword arguments and must be plain JSON values (strings, numbers, booleans,
+    null, lists of those). A checkpoint's ``trustequiv.json`` is data from wherever the checkpoint came from:
+    instantiating its ``_target_`` through Hydra once let a crafted checkpoint write a file of its choosing.
+
+    Raises:
+        ValueError: no or unknown ``name`` (the message lists the known ones), a key starting with ``_``
+            other than ``_target_``, a value that is not plain JSON, or a keyword the class does not take.
+    """
+    if not isinstance(recipe, dict):
+        raise ValueError(f"a compressor recipe is a mapping with a 'name', got {type(recipe).__name__}")
+    known = registry.names("compressor")
+    name = recipe.get("name")
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(
+            f"unknown compressor {name!r}; known: {known} "
+            "(a new one is a class in plugins/compressors/, its entry in plugins.PLUGINS and its "
+            "conf/compressor/<name>.yaml)"
+        )
+    cls = registry.lookup("compressor", name)
+    target = recipe.get("_target_")
+    if target is not None and target != f"{cls.__module__}.{cls.__qualname__}":
+        log.warning("compressor %s: ignoring _target_ %r; building %s by name", name, target, cls.__name__)
+    kwargs = {k: v for k, v in recipe.items() if k not in ("_target_", "name")}
+    for k, v in kwargs.items():
+        plain = isinstance(v, _SCALARS) or (isinstance(v, list) and all(isinstance(x, _SCALARS) for x in v))
+        if not isinstance(k, str) or k.startswith("_") or not plain:
+            raise ValueError(
+                f"compressor {name}: setting {k}={v!r} is not allowed (settings are plain JSON values: "
+                "strings, numbers, booleans, null or lists of those; no '_'-prefixed keys)"
+            )
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kwargs if k not in params)
+        if unknown:
+            raise ValueError(f"compressor {name} takes no setting(s) {unknown}; it takes {sorted(params)}")
+    return cls(**kwargs)

@@ -9,14 +9,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from trustequiv.data.batches import TOKEN_KEYS, pad_features, pad_id_of
 from trustequiv.models.handle import ModelHandle
-
 
 
 class TextScorer(ABC):
@@ -57,9 +56,9 @@ class TextScorer(ABC):
 class BatchedTextScorer(TextScorer):
     """What every text scorer over a tokenizer shares: identical texts run once (``dedup``), the unique ones
     tokenized in one call (truncation to ``max_length``, pairs as pairs, as
-    :func:`trustequiv.data.batches.encode_split` tokenizes a split), grouped longest first into dynamically padded
-    batches of at most ``batch_tokens`` padded tokens and ``max_batch`` texts, and the counters. Subclasses
-    implement :meth:`_run` (the unique texts -> ``(U, C)`` probabilities) and :meth:`_classes`.
+    :func:`trustequiv.data.batches.encode_split` tokenizes a split), grouped longest first into dynamically
+    padded batches of at most ``batch_tokens`` padded tokens and ``max_batch`` texts, and the counters.
+    Subclasses implement :meth:`_run` (the unique texts -> ``(U, C)`` probabilities) and :meth:`_classes`.
     """
 
     def __init__(
@@ -129,7 +128,8 @@ class BatchedTextScorer(TextScorer):
         return out
 
     def padded(self, enc: dict[str, list[list[int]]], idx: np.ndarray, device: Any = None):
-        """The rows ``idx`` of ``enc`` padded to their longest (:func:`trustequiv.data.batches.pad_features`)."""
+        """The rows ``idx`` of ``enc`` padded to their longest
+        (:func:`trustequiv.data.batches.pad_features`)."""
         return pad_features([{k: rows[i] for k, rows in enc.items()} for i in idx], self.pad_id, device)
 
     @abstractmethod
@@ -211,8 +211,9 @@ class TorchTextScorer(BatchedTextScorer):
         max_batch: int = 1024,
         devices: Sequence[str] | None = None,
     ) -> TorchTextScorer:
-        """The scorer of a :class:`trustequiv.models.loading.LoadedModel` (its model, tokenizer, label permutation
-        and ``cpu_only``). ``devices`` None: every GPU if there is one and the model may use it, else CPU."""
+        """The scorer of a :class:`trustequiv.models.loading.LoadedModel` (its model, tokenizer, label
+        permutation and ``cpu_only``). ``devices`` None: every GPU if there is one and the model may use it,
+        else CPU."""
         cpu_only = bool(getattr(loaded, "cpu_only", False))
         return cls(
             loaded.model,
@@ -237,13 +238,15 @@ class TorchTextScorer(BatchedTextScorer):
         max_batch: int = 1024,
         devices: Sequence[str] | None = None,
     ) -> ModelHandle:
-        """The :class:`trustequiv.models.handle.ModelHandle` of a loaded torch model: ``scorer(task)`` builds a
-        :meth:`from_loaded` scorer at the task's ``max_length``; ``loaded`` gives gradient methods the model.
+        """The :class:`trustequiv.models.handle.ModelHandle` of a loaded torch model: ``scorer(task)`` builds
+        a :meth:`from_loaded` scorer at the task's ``max_length``; ``loaded`` gives gradient methods the
+        model.
 
         Args:
             name: the model's name in results (default: its checkpoint directory's name);
             fingerprint: its content hash (default: ``loaded.fingerprint``); source: the source's kind.
         """
+
         def scorer(task: Any) -> TorchTextScorer:
             return cls.from_loaded(
                 loaded,

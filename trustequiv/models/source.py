@@ -9,29 +9,24 @@ A model config names its source (``source: hf`` by default; ``onnx``, ``predicti
   fingerprint keys the output cache, so a changed file is never served stale outputs;
 - its outputs on a split (:meth:`ModelSource.outputs`);
 - a handle for characteristics that run the model again (:meth:`ModelSource.handle`): a
-  :class:`trustequiv.models.scorer.TextScorer` (texts -> probabilities) and, where gradients exist, the torch model.
-  A source with no model (predictions) returns None and the characteristics that need one are skipped with a
-  one-line note naming those that can run.
+  :class:`trustequiv.models.scorer.TextScorer` (texts -> probabilities) and, where gradients exist, the torch
+  model. A source with no model (predictions) returns None and the characteristics that need one are skipped
+  with a one-line note naming those that can run.
 """
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from trustequiv.outputs import ModelOutputs
-from trustequiv.models.handle import ModelHandle
-from trustequiv.models.scorer import TextScorer
-from trustequiv.data.task_kind import TaskKind
-from trustequiv.plain import plain
 from trustequiv import registry
-
+from trustequiv.data.task_kind import TaskKind
+from trustequiv.models.handle import ModelHandle
+from trustequiv.outputs import ModelOutputs
+from trustequiv.plain import plain
 
 
 @dataclass
@@ -108,7 +103,7 @@ class ModelSource(ABC):
         return None
 
     def fine_tune_spec(self) -> Any:
-        """The :class:`trustequiv.models.loading.ModelSpec` train.py fine-tunes, or None (not trainable)."""
+        """The :class:`trustequiv.models.spec.ModelSpec` train.py fine-tunes, or None (not trainable)."""
         return None
 
     def replica(self, seed: int, ctx: RunContext) -> tuple[ModelSource | None, str]:
@@ -116,8 +111,6 @@ class ModelSource(ABC):
         noise-floor replica, named ``<name>+seed<seed>``), and ``""``; or ``(None, why not)`` when there is
         no recipe here to repeat (a checkpoint made elsewhere, a file of predictions)."""
         return None, f"a {self.kind} source has no fine-tuning recipe to repeat with another seed"
-
-
 
 
 def build_source(model_cfg: Any, compressor_cfg: Any = None) -> ModelSource:

@@ -12,7 +12,8 @@ Every entry in the shipped configs was checked against its model card, cited in 
 label order and accuracy the card reports. ``label_names`` is declared even where the checkpoint's
 ``config.id2label`` carries names: many hub heads are generic ``LABEL_0..n`` and some (textattack's MNLI/SNLI
 models) use a non-standard order, so the declaration is what the loader maps by (see
-:func:`trustequiv.data.labels.label_permutation`); extractive QA entries (``squad2``) carry no ``label_names``.
+:func:`trustequiv.data.labels.label_permutation`); extractive QA entries (``squad2``) carry no
+``label_names``.
 
 Resolution order of the fine-tuned checkpoint of a model on a task (the Hugging Face model source):
 
@@ -29,13 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
 from trustequiv.plain import plain
 
 __all__ = ["zoo_entry"]
 
 _KEYS = {"checkpoint", "label_names", "revision"}
-
-
 
 
 def zoo_entry(model_cfg: Mapping, task_name: str) -> dict | None:

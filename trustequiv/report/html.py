@@ -34,21 +34,6 @@ DIRECTIONS = {
 _CI = ("_ci_low", "_ci_high")
 
 
-def _correct_rows(outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """``(correct, usable)`` (N,) bool, as the errors characteristic counts flips: with scores, labelled rows
-    and ``outputs.correct`` when the task sets it (QA exact match) else argmax == label; without scores,
-    ``outputs.correct`` on every row."""
-    if not outputs.has_scores:
-        correct = outputs.correct.cpu().numpy().astype(bool)
-        return correct, np.ones_like(correct)
-    labels = outputs.labels.cpu().numpy()
-    if outputs.correct is not None:
-        correct = outputs.correct.cpu().numpy().astype(bool)
-    else:
-        correct = outputs.predictions.cpu().numpy() == labels
-    return correct, labels >= 0
-
-
 def flipped_examples(
     reference: ModelOutputs,
     candidate: ModelOutputs,
@@ -80,7 +65,7 @@ def flipped_examples(
             not in ``data``.
     """
     ref, cand = align(reference, candidate)
-    (c_ref, u_ref), (c_cand, u_cand) = _correct_rows(ref), _correct_rows(cand)
+    (c_ref, u_ref), (c_cand, u_cand) = ref.correct_rows(), cand.correct_rows()
     flipped = (c_ref != c_cand) & u_ref & u_cand
     ids = ref.example_ids.cpu().numpy()
     position = {int(i): k for k, i in enumerate(data["id"])}

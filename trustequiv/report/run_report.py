@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 from rich.console import Console
@@ -22,6 +22,11 @@ from trustequiv.plain import plain
 from trustequiv.report.html import flipped_examples, write_html_report
 from trustequiv.report.tables import format_cell, headline_rows, markdown_table
 from trustequiv.verdict.verdict import verdict_table
+
+if TYPE_CHECKING:  # type names only: report/ sits below run/ (tests/core/test_layout.py)
+    from trustequiv.run.comparison import Comparison
+    from trustequiv.run.plan import Plan
+    from trustequiv.run.runner import ModelRunner
 
 
 def write_predictions(outputs: ModelOutputs, path: Path, columns: Mapping[str, str] | None = None) -> None:
@@ -173,7 +178,7 @@ def print_headline(headline: Mapping[str, list[dict[str, Any]]]) -> None:
         console.print(table)
 
 
-def _floor_origin(plan: Any, name: str) -> str:
+def _floor_origin(plan: Plan, name: str) -> str:
     """Where a noise-floor model came from, in words (results.json ``noise_floor.sources``)."""
     source = (getattr(plan.floor, "sources", None) or {}).get(name) or {}
     origin = source.get("from", "seed")
@@ -182,28 +187,12 @@ def _floor_origin(plan: Any, name: str) -> str:
     return f"a replica's {'predictions' if origin == 'predictions' else 'checkpoint'} made elsewhere"
 
 
-def report_run(
-    out_dir: Path,
-    *,
-    plan: Any,
-    runners: Sequence[Any],
-    comparison: Any,
-    config: Mapping[str, Any],
-    seconds: float,
-    min_effect: float,
-    verdict: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Path]]:
-    """The report step: figures, per-example exports, predictions, results.json, report.md and report.html
-    in ``out_dir``; returns the headline tables (printed on the terminal by the caller) and the figure paths.
-
-    Args:
-        plan: the run's :class:`trustequiv.run.plan.Plan`; runners: its model runners (reference first);
-        comparison: the :class:`trustequiv.run.comparison.Comparison`; config: the resolved config (secrets
-        removed); seconds: wall time; min_effect: the findings' smallest reported difference; verdict:
-        :func:`trustequiv.verdict.verdict.judge`'s result (results.json ``"verdict"``, the report's first
-        table).
-    """
-
+def _write_split_files(
+    out_dir: Path, plan: Plan, runners: Sequence[ModelRunner], comparison: Comparison
+) -> dict[str, Path]:
+    """Each result's figures (``figures/<split>/``) and per-example exports (``per_example/<split>/``), then
+    every model's predictions (``predictions/`` for the main split, ``predictions/<split>/`` for the others);
+    returns ``"<label>_<figure>"`` -> PNG path."""
     figure_paths: dict[str, Path] = {}
     for label, res in comparison.results.items():
         split = comparison.result_split[label]
@@ -217,10 +206,29 @@ def report_run(
         )
         for runner in runners:
             write_predictions(runner.outputs[split], pred_dir / f"{runner.name}.csv", plan.kind.csv_columns)
+    return figure_paths
 
+
+def _roles(
+    plan: Plan, runners: Sequence[ModelRunner]
+) -> tuple[ModelRunner, list[ModelRunner], list[ModelRunner]]:
+    """``(reference, candidates, replicas)``: the first runner, the others that are not the noise floor's
+    replicas, and those replicas."""
     reference = runners[0]
     replicas = [r for r in runners if r.name in {m.name for m in plan.floor.models}]
     candidates = [r for r in runners[1:] if r not in replicas]
+    return reference, candidates, replicas
+
+
+def _headline(
+    plan: Plan,
+    runners: Sequence[ModelRunner],
+    comparison: Comparison,
+    verdict: Mapping[str, Any] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The headline tables: the verdict (when given), the models on the main split, the reference vs the
+    candidates, and the noise floor's pairs (when there are replicas)."""
+    reference, candidates, replicas = _roles(plan, runners)
     model_names = [r.name for r in runners]
     pair_names = [pair_name(reference.name, c.name) for c in candidates]
     floor_pairs = [pair_name(reference.name, r.name) for r in replicas]
@@ -238,9 +246,59 @@ def report_run(
         )
     if verdict:
         headline = {"verdict": verdict_table(verdict), **headline}
+    return headline
+
+
+def _notes(comparison: Comparison, runners: Sequence[ModelRunner]) -> dict[str, list[str]]:
+    """results.json ``notes``: each result's notes, the skipped characteristics and each model's warnings."""
     notes = {label: res.notes for label, res in comparison.results.items() if res.notes}
     notes.update({f"{name}/skipped": [reason] for name, reason in comparison.skipped.items()})
     notes.update({f"{r.name}/warnings": r.warnings for r in runners if r.warnings})
+    return notes
+
+
+def _summary(plan: Plan, runners: Sequence[ModelRunner], comparison: Comparison, seconds: float) -> list[str]:
+    """report.md's opening lines: splits and sizes, wall time, where each model came from, the noise
+    floor's notes, the skipped characteristics and the models' warnings."""
+    reference, candidates, replicas = _roles(plan, runners)
+    n = {s: len(runners[0].outputs[s]) for s in comparison.splits}
+    where = {r.name: r.identity.get("checkpoint") or r.identity.get("path") for r in runners}
+    return [
+        f"Splits: {', '.join(f'{s} ({n[s]} examples)' for s in comparison.splits)}. Wall time {seconds} s.",
+        f"Reference: `{where[reference.name]}`.",
+        *[f"Candidate {c.name}: `{where[c.name]}`." for c in candidates],
+        *[f"Noise floor {r.name} ({_floor_origin(plan, r.name)}): `{where[r.name]}`." for r in replicas],
+        *[f"Note: {note}." for note in plan.floor.notes],
+        *[f"Skipped {name}: {reason}." for name, reason in comparison.skipped.items()],
+        *[f"**Warning**: {w}" for r in runners for w in r.warnings],
+    ]
+
+
+def report_run(
+    out_dir: Path,
+    *,
+    plan: Plan,
+    runners: Sequence[ModelRunner],
+    comparison: Comparison,
+    config: Mapping[str, Any],
+    seconds: float,
+    min_effect: float,
+    verdict: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Path]]:
+    """The report step: figures, per-example exports, predictions, results.json, report.md and report.html
+    in ``out_dir``; returns the headline tables (printed on the terminal by the caller) and the figure paths.
+
+    Args:
+        plan: the run's :class:`trustequiv.run.plan.Plan`; runners: its model runners (reference first);
+        comparison: the :class:`trustequiv.run.comparison.Comparison`; config: the resolved config (secrets
+        removed); seconds: wall time; min_effect: the findings' smallest reported difference; verdict:
+        :func:`trustequiv.verdict.verdict.judge`'s result (results.json ``"verdict"``, the report's first
+        table).
+    """
+
+    figure_paths = _write_split_files(out_dir, plan, runners, comparison)
+    reference, candidates, _ = _roles(plan, runners)
+    headline = _headline(plan, runners, comparison, verdict)
     cached = {k: v for r in runners for k, v in r.cached.items()}
     write_results(
         out_dir / "results.json",
@@ -254,27 +312,17 @@ def report_run(
         verdict=dict(verdict or {}),
         cached=cached,
         seconds=seconds,
-        notes=notes,
+        notes=_notes(comparison, runners),
         config=config,
     )
-    n = {s: len(runners[0].outputs[s]) for s in comparison.splits}
-    where = {r.name: r.identity.get("checkpoint") or r.identity.get("path") for r in runners}
     title = (
         f"trustequiv: {reference.name} vs {', '.join(c.name for c in candidates)} on {plan.task_cfg['name']}"
     )
+    pair_names = [pair_name(reference.name, c.name) for c in candidates]
     write_report(
         out_dir / "report.md",
         title=title,
-        summary=[
-            f"Splits: {', '.join(f'{s} ({n[s]} examples)' for s in comparison.splits)}. "
-            f"Wall time {seconds} s.",
-            f"Reference: `{where[reference.name]}`.",
-            *[f"Candidate {c.name}: `{where[c.name]}`." for c in candidates],
-            *[f"Noise floor {r.name} ({_floor_origin(plan, r.name)}): `{where[r.name]}`." for r in replicas],
-            *[f"Note: {note}." for note in plan.floor.notes],
-            *[f"Skipped {name}: {reason}." for name, reason in comparison.skipped.items()],
-            *[f"**Warning**: {w}" for r in runners for w in r.warnings],
-        ],
+        summary=_summary(plan, runners, comparison, seconds),
         headline=headline,
         results=comparison.results,
         figure_paths=figure_paths,
@@ -285,7 +333,7 @@ def report_run(
 
 
 def _write_html(
-    out_dir: Path, plan: Any, runners: Sequence[Any], figure_paths: Mapping[str, Path], title: str
+    out_dir: Path, plan: Plan, runners: Sequence[ModelRunner], figure_paths: Mapping[str, Path], title: str
 ) -> None:
     """report.html from results.json as written (verdict and noise floor included when present), with the
     flipped examples of each candidate on the main split (noise-floor replicas left out)."""

@@ -62,11 +62,6 @@ def save_run_outputs(out_dir: Path, outputs: Mapping[str, ModelOutputs]) -> None
     atomic_write_text(json.dumps({"format": FORMAT, "models": index}, indent=2), root / INDEX)
 
 
-def has_run_outputs(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds saved outputs (its index file)."""
-    return (Path(run_dir) / OUTPUTS_DIR / INDEX).is_file()
-
-
 def _read_index(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())

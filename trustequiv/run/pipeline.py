@@ -15,8 +15,10 @@ from omegaconf import DictConfig
 from trustequiv.cache import OutputCache, distributed_rank
 from trustequiv.config import to_container
 from trustequiv.data.task_kind import task_kind
-from trustequiv.models.loading import ModelSpec, build_compressor, read_metadata
+from trustequiv.models.compressor import build_compressor
+from trustequiv.models.loading import read_metadata
 from trustequiv.models.source import RunContext, build_source
+from trustequiv.models.spec import ModelSpec
 from trustequiv.plain import plain
 from trustequiv.report.run_report import print_headline, report_run
 from trustequiv.report.saved_outputs import save_run_outputs

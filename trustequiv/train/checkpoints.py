@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from trustequiv.cache import distributed_rank, path_lock
-from trustequiv.models.loading import (
-    ModelSpec,
-    build_compressor,
-    check_model_inputs,
-    local_dir,
-    read_metadata,
-    resolve_checkpoint,
-    write_metadata,
-)
+from trustequiv.models.compressor import build_compressor
+from trustequiv.models.loading import check_model_inputs, read_metadata, write_metadata
+from trustequiv.models.spec import ModelSpec, local_dir, resolve_checkpoint
 from trustequiv.tracking import model_logger
 from trustequiv.train.fine_tune import fine_tune
 from trustequiv.train.trust_callbacks import trust_callbacks

@@ -12,7 +12,7 @@ the student's (taken with ``create_graph=True``) a second-order backward.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -74,11 +74,6 @@ class DistillTerms:
             raise ValueError(
                 f"representation must be one of {REPRESENTATION_TERMS}, got {self.representation!r}"
             )
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> DistillTerms:
-        """The terms among ``settings`` (other keys ignored)."""
-        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
 
     @property
     def needs_embeddings(self) -> bool:

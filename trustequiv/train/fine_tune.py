@@ -20,8 +20,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from trustequiv.cache import distributed_rank
-from trustequiv.models.compressor import CalibrationData
-from trustequiv.models.loading import ModelSpec, build_compressor, read_metadata, write_metadata
+from trustequiv.models.compressor import CalibrationData, build_compressor
+from trustequiv.models.loading import read_metadata, write_metadata
+from trustequiv.models.spec import ModelSpec
 from trustequiv.train.trainer import make_trainer, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,194 @@ def _calibration_data(
     return CalibrationData(batches=batches, loss=loss)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one :func:`fine_tune` call fine-tunes, on what and how: the inputs its steps share."""
+
+    spec: ModelSpec
+    dataset: Any
+    task_cfg: Mapping[str, Any]
+    trainer_cfg: Mapping[str, Any]
+    recipe: Recipe
+    seed: int
+
+
+def _check_splits(dataset, task_cfg: Mapping[str, Any]) -> None:
+    """Raises ValueError: ``dataset`` has no ``train`` or no ``validation`` split (an evaluation-only set)."""
+    for split in ("train", "validation"):
+        if split not in dataset:
+            raise ValueError(
+                f"task {task_cfg['name']} has no '{split}' split to fine-tune on (has {list(dataset)}); "
+                "it is an evaluation-only set: fine-tune on its source task and evaluate here"
+            )
+
+
+def _initial_metadata(job: _Job) -> dict[str, Any]:
+    """``trustequiv.json``'s entries known before anything is built: model, task, labels, provenance."""
+    return {
+        "model": job.spec.name,
+        "task": job.task_cfg["name"],
+        "label_names": list(job.task_cfg["label_names"]),
+        "pretrained": job.spec.pretrained,
+        "seed": job.seed,
+        "training": dict(job.task_cfg["training"]),
+        **job.recipe.metadata(job.task_cfg),
+    }
+
+
+def _compress_base(
+    job: _Job, compressor: Any, base_checkpoint: str | None, metadata: dict[str, Any]
+) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """``(base, model, tokenizer, fit_inputs)``: the fine-tuned base loaded from ``base_checkpoint`` and
+    compressed (scored on training batches first when the compressor calibrates: ``fit_inputs`` are then
+    those batches' inputs, reusable for training unless the compressor changed the tokenizer; else None).
+    Records the base and the compression in ``metadata``.
+
+    Raises:
+        ValueError: ``base_checkpoint`` is None.
+    """
+    if base_checkpoint is None:
+        raise ValueError(f"{job.spec.name}: a compressed model needs the fine-tuned base checkpoint")
+    fit_inputs: dict[str, Any] | None = None
+    base = job.recipe.load_base(base_checkpoint, job.task_cfg)
+    model, tokenizer = base.model, base.tokenizer
+    if compressor.calibration_batches > 0:  # scored on training batches first (e.g. head importance)
+        fit_inputs = job.recipe.fit_inputs(job.dataset, tokenizer, job.task_cfg, job.seed)
+        data = _calibration_data(job.recipe, model, fit_inputs, job.task_cfg, compressor.calibration_batches)
+        model = compressor.compress(model, data=data)
+    else:
+        model = compressor.compress(model)
+    tokenizer = compressor.candidate_tokenizer(tokenizer)
+    if tokenizer is not base.tokenizer:
+        fit_inputs = None  # calibration batches were encoded with the base's tokenizer
+    metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
+    metadata["compression"] = compressor.recipe()
+    return base, model, tokenizer, fit_inputs
+
+
+def _save_untrained(
+    job: _Job,
+    compressor: Any,
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    metadata: dict[str, Any],
+    started: float,
+) -> Path:
+    """Nothing to train: keep the fp32 weights and the recipe the loader applies; returns ``out_dir``."""
+    save_hf(compressor.before_save(model), tokenizer, out_dir)
+    metadata["compressor"] = dict(job.spec.compressor)
+    metadata["seconds"] = round(time.time() - started, 1)
+    write_metadata(out_dir, metadata)
+    return out_dir
+
+
+def _training_module(job: _Job, compressor: Any, model: Any, base: Any, ctx: Any) -> L.LightningModule:
+    """The LightningModule that trains ``model``: the compressor's own when it has one (e.g. distillation's
+    module, with the teacher's outputs), else the recipe's."""
+    module = None
+    if compressor is not None:  # e.g. distillation's module, with the teacher's outputs
+        module = compressor.training_module(
+            model, base=base, base_spec=job.spec.base, task_cfg=job.task_cfg, dataset=job.dataset, ctx=ctx
+        )
+    if module is None:
+        module = job.recipe.make_module(model, job.task_cfg)
+    return module
+
+
+def _start_staging(staging: Path, identity: Mapping[str, Any], name: str) -> ResumePoint | None:
+    """Where to resume the fine-tuning staged in ``staging`` (:func:`_resume_point`); with none, the staging
+    dir is started over (by one rank), with ``identity`` as its ``resume.json``."""
+    resume = _resume_point(staging, identity, name)
+    if resume is None and distributed_rank() == 0:  # one rank (re)starts the staging dir
+        resume_dir = staging / RESUME_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        (resume_dir / RESUME_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
+    return resume
+
+
+def _fit_trainer(
+    job: _Job,
+    staging: Path,
+    tokenizer: Any,
+    before_save: Callable[[Any], Any] | None,
+    fit_inputs: Mapping[str, Any],
+    callbacks: Sequence[Callback],
+    logger: Any,
+) -> tuple[L.Trainer, BestHFCheckpoint]:
+    """The trainer (and its best-checkpoint callback, saving into ``staging``) with the resume state, the
+    ``last.ckpt`` checkpoints and then ``callbacks``."""
+    best = BestHFCheckpoint(
+        staging, tokenizer, job.recipe.monitor, job.recipe.mode, keep=(RESUME_DIR,), before_save=before_save
+    )
+    callbacks = [
+        best,
+        ResumeState(fit_inputs.get("train_dataloaders")),
+        *_last_checkpoints(staging / RESUME_DIR, job.task_cfg),
+        *callbacks,
+    ]
+    trainer = make_trainer(job.trainer_cfg, callbacks=callbacks, enable_checkpointing=True, logger=logger)
+    return trainer, best
+
+
+def _fit(
+    job: _Job,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    fit_inputs: Mapping[str, Any],
+    resume: ResumePoint | None,
+) -> None:
+    """``trainer.fit``: from the start, or from ``resume`` (the batch order starting at its epoch)."""
+    if resume is None:
+        log.info("fine-tuning %s on %s", job.spec.name, job.task_cfg["name"])
+    else:
+        _start_batch_order_at(fit_inputs, resume.epochs_done)
+        log.info(
+            "resuming fine-tuning of %s on %s from epoch %d, step %d (%s)",
+            job.spec.name,
+            job.task_cfg["name"],
+            resume.epochs_done,
+            resume.step,
+            resume.path,
+        )
+    with warnings.catch_warnings():
+        # resume.json (and a last.ckpt being resumed from) are expected there.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, **fit_inputs, ckpt_path=resume.path if resume else None, weights_only=True)
+
+
+def _move_into_place(
+    trainer: L.Trainer,
+    best: BestHFCheckpoint,
+    module: L.LightningModule,
+    out_dir: Path,
+    metadata: dict[str, Any],
+    resume: ResumePoint | None,
+    started: float,
+) -> None:
+    """After the fit (global zero only): the staging dir (``best.directory``) without its resume state,
+    moved to ``out_dir``, its ``trustequiv.json`` completed with ``metadata``, the best score and timings."""
+    staging = best.directory
+    if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
+        last = module.model if best.before_save is None else best.before_save(module.model)
+        save_hf(last, best.tokenizer, staging, keep=(RESUME_DIR,))
+    # Done with the resume state. A kill from here on leaves a staged dir without it: started over.
+    shutil.rmtree(staging / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    metadata.update(
+        {best.key: best.best},
+        best_epoch=best.best_epoch,
+        epochs_run=trainer.current_epoch,
+        seconds=round(time.time() - started, 1),
+        torch=torch.__version__,
+    )
+    if resume is not None:
+        metadata["resumed_from"] = {"epochs_done": resume.epochs_done, "step": resume.step}
+    write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
+
+
 def fine_tune(
     spec: ModelSpec,
     dataset,
@@ -444,63 +633,26 @@ def fine_tune(
     Raises:
         ValueError: the dataset has no ``train``/``validation`` split, or a compressed spec lacks its base.
     """
-    for split in ("train", "validation"):
-        if split not in dataset:
-            raise ValueError(
-                f"task {task_cfg['name']} has no '{split}' split to fine-tune on (has {list(dataset)}); "
-                "it is an evaluation-only set: fine-tune on its source task and evaluate here"
-            )
+    _check_splits(dataset, task_cfg)
     started = time.time()
     L.seed_everything(seed, workers=True)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    metadata: dict[str, Any] = {
-        "model": spec.name,
-        "task": task_cfg["name"],
-        "label_names": list(task_cfg["label_names"]),
-        "pretrained": spec.pretrained,
-        "seed": seed,
-        "training": dict(task_cfg["training"]),
-        **recipe.metadata(task_cfg),
-    }
+    job = _Job(spec, dataset, task_cfg, trainer_cfg, recipe, seed)
+    metadata = _initial_metadata(job)
 
     compressor = build_compressor(spec.compressor) if spec.compressor else None
-    fit_inputs: dict[str, Any] | None = None
+    base, fit_inputs = None, None
     if compressor is not None:
-        if base_checkpoint is None:
-            raise ValueError(f"{spec.name}: a compressed model needs the fine-tuned base checkpoint")
-        base = recipe.load_base(base_checkpoint, task_cfg)
-        model, tokenizer = base.model, base.tokenizer
-        if compressor.calibration_batches > 0:  # scored on training batches first (e.g. head importance)
-            fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
-            data = _calibration_data(recipe, model, fit_inputs, task_cfg, compressor.calibration_batches)
-            model = compressor.compress(model, data=data)
-        else:
-            model = compressor.compress(model)
-        tokenizer = compressor.candidate_tokenizer(tokenizer)
-        if tokenizer is not base.tokenizer:
-            fit_inputs = None  # calibration batches were encoded with the base's tokenizer
-        metadata.update(base_checkpoint=str(base.directory), base_fingerprint=base.fingerprint)
-        metadata["compression"] = compressor.recipe()
+        base, model, tokenizer, fit_inputs = _compress_base(job, compressor, base_checkpoint, metadata)
         if not compressor.finetune:
-            # Nothing to train: keep the fp32 weights and the recipe the loader applies.
-            save_hf(compressor.before_save(model), tokenizer, out_dir)
-            metadata["compressor"] = dict(spec.compressor)
-            metadata["seconds"] = round(time.time() - started, 1)
-            write_metadata(out_dir, metadata)
-            return out_dir
+            return _save_untrained(job, compressor, model, tokenizer, out_dir, metadata, started)
     else:
         model, tokenizer = recipe.new_model(spec, task_cfg)
 
     if fit_inputs is None:
         fit_inputs = recipe.fit_inputs(dataset, tokenizer, task_cfg, seed)
-    module = None
-    if compressor is not None:  # e.g. distillation's module, with the teacher's outputs
-        module = compressor.training_module(
-            model, base=base, base_spec=spec.base, task_cfg=task_cfg, dataset=dataset, ctx=ctx
-        )
-    if module is None:
-        module = recipe.make_module(model, task_cfg)
+    module = _training_module(job, compressor, model, base, ctx)
     # from_pretrained returns eval mode and Lightning keeps submodule modes: without this, no dropout.
     model.train()
     # Best checkpoints go to a staging dir moved into place only when fit completes: a killed run never
@@ -508,58 +660,14 @@ def fine_tune(
     # beside them lets the same command resume a killed run; the model above was rebuilt the same way
     # (compressed the same way) first, so the checkpoint's weights fit it.
     staging = out_dir.with_name(f"{out_dir.name}.training")
-    resume_dir = staging / RESUME_DIR
-    identity = _identity(spec, metadata, task_cfg, trainer_cfg, recipe, dataset)
-    resume = _resume_point(staging, identity, spec.name)
-    if resume is None and distributed_rank() == 0:  # one rank (re)starts the staging dir
-        shutil.rmtree(staging, ignore_errors=True)
-        resume_dir.mkdir(parents=True, exist_ok=True)
-        (resume_dir / RESUME_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
-    before_save = compressor.before_save if compressor is not None else None
-    best = BestHFCheckpoint(
-        staging, tokenizer, recipe.monitor, recipe.mode, keep=(RESUME_DIR,), before_save=before_save
+    resume = _start_staging(
+        staging, _identity(spec, metadata, task_cfg, trainer_cfg, recipe, dataset), spec.name
     )
-    callbacks = [
-        best,
-        ResumeState(fit_inputs.get("train_dataloaders")),
-        *_last_checkpoints(resume_dir, task_cfg),
-        *callbacks,
-    ]
-    trainer = make_trainer(trainer_cfg, callbacks=callbacks, enable_checkpointing=True, logger=logger)
-    if resume is None:
-        log.info("fine-tuning %s on %s", spec.name, task_cfg["name"])
-    else:
-        _start_batch_order_at(fit_inputs, resume.epochs_done)
-        log.info(
-            "resuming fine-tuning of %s on %s from epoch %d, step %d (%s)",
-            spec.name,
-            task_cfg["name"],
-            resume.epochs_done,
-            resume.step,
-            resume.path,
-        )
-    with warnings.catch_warnings():
-        # resume.json (and a last.ckpt being resumed from) are expected there.
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, **fit_inputs, ckpt_path=resume.path if resume else None, weights_only=True)
+    before_save = compressor.before_save if compressor is not None else None
+    trainer, best = _fit_trainer(job, staging, tokenizer, before_save, fit_inputs, callbacks, logger)
+    _fit(job, trainer, module, fit_inputs, resume)
     if trainer.is_global_zero:
-        if best.best is None:  # no validation ran (e.g. limit_val_batches=0): keep the last weights
-            last = module.model if before_save is None else before_save(module.model)
-            save_hf(last, tokenizer, staging, keep=(RESUME_DIR,))
-        # Done with the resume state. A kill from here on leaves a staged dir without it: started over.
-        shutil.rmtree(resume_dir, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.rename(out_dir)
-        metadata.update(
-            {best.key: best.best},
-            best_epoch=best.best_epoch,
-            epochs_run=trainer.current_epoch,
-            seconds=round(time.time() - started, 1),
-            torch=torch.__version__,
-        )
-        if resume is not None:
-            metadata["resumed_from"] = {"epochs_done": resume.epochs_done, "step": resume.step}
-        write_metadata(out_dir, {**read_metadata(out_dir), **metadata})
+        _move_into_place(trainer, best, module, out_dir, metadata, resume, started)
     # Under DDP the other ranks go on to load out_dir: only once rank 0 has moved it into place.
     trainer.strategy.barrier("fine_tune_checkpoint_moved")
     return out_dir

@@ -30,8 +30,11 @@ from trustequiv.characteristic import Characteristic, pair_name
 from trustequiv.conf_tree import CONF_DIR, available
 from trustequiv.data.sampling import sample_positions
 from trustequiv.data.splits import split_fingerprint
-from trustequiv.models.loading import LoadedModel, build_compressor, fingerprint, local_dir
+from trustequiv.models.compressor import build_compressor
+from trustequiv.models.fingerprint import fingerprint
+from trustequiv.models.loading import LoadedModel
 from trustequiv.models.scorer import TorchTextScorer
+from trustequiv.models.spec import local_dir
 from trustequiv.outputs import ModelOutputs, aligned_rows
 from trustequiv.prediction import assemble_rows
 from trustequiv.train.fine_tune import BestHFCheckpoint
@@ -269,7 +272,7 @@ def trust_callbacks(spec: Any, base_checkpoint: str | None, ctx: Any) -> list[Ca
     seeded sample of ids, :func:`trustequiv.data.sampling.sample_positions`).
 
     Args:
-        spec: the :class:`trustequiv.models.loading.ModelSpec` being fine-tuned; ctx: the
+        spec: the :class:`trustequiv.models.spec.ModelSpec` being fine-tuned; ctx: the
             :class:`trustequiv.models.source.RunContext`.
 
     Raises:
@@ -285,6 +288,42 @@ def trust_callbacks(spec: Any, base_checkpoint: str | None, ctx: Any) -> list[Ca
     if ctx.kind.name != "classification":
         log.info("trust callback: %s tasks are not supported (classification only): off", ctx.kind.name)
         return []
+    names, overrides = _selected_characteristics(settings)
+    paths = {"cache_dir": str(ctx.cache.root), "models_dir": str(ctx.models_dir)}
+    context = {"task": ctx.task_cfg, "paths": paths}
+    chars = build_trust_characteristics(names, context=context, overrides=overrides, model_driven=True)
+    if not chars:
+        return []
+
+    base = spec.base
+    reference, data = _base_reference(base, base_checkpoint, ctx, chars, settings["limit_examples"])
+    log.info(
+        "trust callback: %s vs its base %s on %d validation examples: %s",
+        spec.name,
+        base.name,
+        len(reference),
+        ", ".join(c.name for c in chars),
+    )
+    return [
+        TrustCallback(
+            reference,
+            chars,
+            pooling=ctx.predict_cfg.get("pooling", "cls"),
+            layer=int(ctx.predict_cfg.get("layer", -1)),
+            data=data,
+            task_cfg=ctx.task_cfg,
+        )
+    ]
+
+
+def _selected_characteristics(settings: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``(names, overrides)`` of the characteristics ``settings`` (:func:`trust_settings`) selects: its
+    ``characteristics``, then the attribution method when ``attribution`` is on (compared on a small seeded
+    sample of ``attribution_examples``).
+
+    Raises:
+        ValueError: ``attribution`` names no attribution characteristic.
+    """
     names = list(settings["characteristics"] or [])
     attribution = settings["attribution"]
     if attribution:
@@ -302,13 +341,15 @@ def trust_callbacks(spec: Any, base_checkpoint: str | None, ctx: Any) -> list[Ca
             "n_figure_examples": 0,
             **overrides.get(names[-1], {}),
         }
-    paths = {"cache_dir": str(ctx.cache.root), "models_dir": str(ctx.models_dir)}
-    context = {"task": ctx.task_cfg, "paths": paths}
-    chars = build_trust_characteristics(names, context=context, overrides=overrides, model_driven=True)
-    if not chars:
-        return []
+    return names, overrides
 
-    base = spec.base
+
+def _base_reference(
+    base: Any, base_checkpoint: str, ctx: Any, chars: Sequence[Characteristic], limit: int | None
+) -> tuple[ModelOutputs, Any]:
+    """``(reference, rows)``: the base checkpoint's validation outputs (:func:`reference_outputs`), limited
+    to ``limit`` rows (:func:`limit_reference`), with what each model-driven characteristic of ``chars``
+    collects on it (:func:`_reference_collect`). The base model is loaded only when something needs it."""
     directory = local_dir(base_checkpoint, base.revision)
     loaded: dict[str, Any] = {}
 
@@ -328,28 +369,12 @@ def trust_callbacks(spec: Any, base_checkpoint: str | None, ctx: Any) -> list[Ca
     reference, data = reference_outputs(
         ctx, name=base.name, fingerprint=base_fingerprint, load=load, declared=base.label_names
     )
-    reference, data = limit_reference(reference, data, settings["limit_examples"])
+    reference, data = limit_reference(reference, data, limit)
     for char in chars:
         if char.needs_model:
             collected = _reference_collect(char, ctx, load, base_fingerprint, reference, data)
             reference = reference.with_collected(char.name, collected)
-    log.info(
-        "trust callback: %s vs its base %s on %d validation examples: %s",
-        spec.name,
-        base.name,
-        len(reference),
-        ", ".join(c.name for c in chars),
-    )
-    return [
-        TrustCallback(
-            reference,
-            chars,
-            pooling=ctx.predict_cfg.get("pooling", "cls"),
-            layer=int(ctx.predict_cfg.get("layer", -1)),
-            data=data,
-            task_cfg=ctx.task_cfg,
-        )
-    ]
+    return reference, data
 
 
 def reference_outputs(

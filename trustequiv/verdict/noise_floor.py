@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustequiv.models.loading import resolve_checkpoint
 from trustequiv.models.source import ModelSource, RunContext, build_source
+from trustequiv.models.spec import resolve_checkpoint
 from trustequiv.user_errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,83 @@ VERDICT_METRICS = ("jaccard", "spearman")
 
 
 @dataclass(frozen=True)
+class AttributionSettings:
+    """The settings of an :class:`AttributionCharacteristic` (its keyword arguments, documented there).
+
+    Built from the config keys (``conf/characteristic/attribution_*.yaml``) or a sweep's saved settings; the
+    values are normalised (ints, floats, lists, a :class:`~pathlib.Path`) and checked on construction.
+
+    Raises:
+        ValueError: an unknown ``explained_class`` or ``rank_by``, ``top_k`` < 1, no seed, or ``n_examples``
+            that is not a positive number.
+    """
+
+    n_examples: int | None = 200
+    seeds: Sequence[int] = (42, 43, 44)
+    explained_class: ExplainedClass = "gold"
+    top_k: int = 10
+    rank_by: str = "abs"
+    lowercase: bool = True
+    word_pattern: str = DEFAULT_WORD_PATTERN
+    mask_token: str | None = None
+    batch_tokens: int | None = None
+    max_batch: int = 1024
+    devices: Sequence[str] | None = None
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    bootstrap_seed: int = 42
+    n_figure_examples: int = 3
+    figure_examples: Sequence[int] | None = None
+    runs_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.explained_class not in ("gold", "prediction", "reference_prediction"):
+            raise ValueError(
+                "explained_class must be gold, prediction or reference_prediction, "
+                f"got {self.explained_class!r}"
+            )
+        if self.rank_by not in ("abs", "signed"):
+            raise ValueError(f"rank_by must be 'abs' or 'signed', got {self.rank_by!r}")
+        if int(self.top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        sample_positions([0], self.n_examples, key="n_examples")  # a bad n_examples fails at construction
+        seeds = [int(s) for s in self.seeds]
+        if not seeds:
+            raise ValueError("seeds must name at least one run seed")
+        normalised = {
+            "n_examples": None if self.n_examples is None else int(self.n_examples),
+            "seeds": seeds,
+            "top_k": int(self.top_k),
+            "lowercase": bool(self.lowercase),
+            "word_pattern": str(self.word_pattern),
+            "batch_tokens": None if self.batch_tokens is None else int(self.batch_tokens),
+            "max_batch": int(self.max_batch),
+            "devices": list(self.devices) if self.devices else None,
+            "n_bootstrap": int(self.n_bootstrap),
+            "confidence": float(self.confidence),
+            "bootstrap_seed": int(self.bootstrap_seed),
+            "n_figure_examples": int(self.n_figure_examples),
+            "figure_examples": [int(i) for i in self.figure_examples] if self.figure_examples else None,
+            "runs_dir": Path(self.runs_dir) if self.runs_dir else None,
+        }
+        for key, value in normalised.items():
+            object.__setattr__(self, key, value)
+
+    @classmethod
+    def from_kwargs(cls, owner: str, settings: Mapping[str, Any]) -> AttributionSettings:
+        """The settings from keyword arguments; ``owner`` names the class in the error of an unknown key.
+
+        Raises:
+            TypeError: a key that is not a setting (the message lists the accepted ones).
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise TypeError(f"{owner}: unknown setting(s) {unknown}; accepted: {', '.join(known)}")
+        return cls(**settings)
+
+
+@dataclass(frozen=True)
 class _Alignment:
     """Per-run, per-example alignment scores of one pair on the examples both models explained."""
 
@@ -60,6 +137,9 @@ class _Alignment:
 
 class AttributionCharacteristic(Characteristic):
     """Base of the attribution characteristics (subclasses implement :meth:`_attribute`).
+
+    Takes its settings as keyword arguments (what Hydra passes), kept whole in :attr:`settings`
+    (:class:`AttributionSettings`); an unknown keyword raises ``TypeError``.
 
     Args:
         n_examples: examples explained per split: the seeded sample of
@@ -96,53 +176,12 @@ class AttributionCharacteristic(Characteristic):
     #: whether the method needs the torch model's gradients (IG) rather than the text scorer (LIME, SHAP).
     needs_gradients = False
 
-    def __init__(
-        self,
-        n_examples: int | None = 200,
-        seeds: Sequence[int] = (42, 43, 44),
-        explained_class: ExplainedClass = "gold",
-        top_k: int = 10,
-        rank_by: str = "abs",
-        lowercase: bool = True,
-        word_pattern: str = DEFAULT_WORD_PATTERN,
-        mask_token: str | None = None,
-        batch_tokens: int | None = None,
-        max_batch: int = 1024,
-        devices: Sequence[str] | None = None,
-        n_bootstrap: int = 1000,
-        confidence: float = 0.95,
-        bootstrap_seed: int = 42,
-        n_figure_examples: int = 3,
-        figure_examples: Sequence[int] | None = None,
-        runs_dir: str | None = None,
-    ) -> None:
-        if explained_class not in ("gold", "prediction", "reference_prediction"):
-            raise ValueError(
-                f"explained_class must be gold, prediction or reference_prediction, got {explained_class!r}"
-            )
-        if rank_by not in ("abs", "signed"):
-            raise ValueError(f"rank_by must be 'abs' or 'signed', got {rank_by!r}")
-        if int(top_k) < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        sample_positions([0], n_examples, key="n_examples")  # a bad n_examples fails at construction
-        self.n_examples = None if n_examples is None else int(n_examples)
-        self.seeds = [int(s) for s in seeds]
-        if not self.seeds:
-            raise ValueError("seeds must name at least one run seed")
-        self.explained_class = explained_class
-        self.top_k, self.rank_by, self.lowercase = int(top_k), rank_by, bool(lowercase)
-        self.word_pattern, self.mask_token = str(word_pattern), mask_token
-        self.batch_tokens = None if batch_tokens is None else int(batch_tokens)
-        self.max_batch = int(max_batch)
-        self.devices = list(devices) if devices else None
-        self.n_bootstrap, self.confidence, self.bootstrap_seed = (
-            int(n_bootstrap),
-            float(confidence),
-            int(bootstrap_seed),
-        )
-        self.n_figure_examples = int(n_figure_examples)
-        self.figure_examples = [int(i) for i in figure_examples] if figure_examples else None
-        self.runs_dir = Path(runs_dir) if runs_dir else None
+    def __init__(self, **settings: Any) -> None:
+        # the keyword arguments above, checked and normalised by AttributionSettings; each is also kept as an
+        # attribute of the same name (what the methods read)
+        self.settings = AttributionSettings.from_kwargs(type(self).__name__, settings)
+        for f in fields(self.settings):
+            setattr(self, f.name, getattr(self.settings, f.name))
 
     # ------------------------------------------------------------------ per model (cached)
     def method_config(self) -> dict[str, Any]:
@@ -207,15 +246,7 @@ class AttributionCharacteristic(Characteristic):
                 pipeline's note for this characteristic.
         """
         scorer = self._scorer(model, task)
-        ids = [int(i) for i in data["id"]]
-        pos = self.examples(ids)
-        pair = bool(task.get("pair"))
-        text_a = data["text_a"]
-        text_b = data["text_b"] if pair else None
-        feats = [
-            WordFeatures.from_texts(ids[i], text_a[i], text_b[i] if pair else None, self.word_pattern)
-            for i in pos
-        ]
+        feats = self._features(data, task)
         n_classes = len(task["label_names"])
         # each finished seed in an OutputCache extras file (atomic; a corrupt one is moved aside and redone)
         store = None if self.runs_dir is None else OutputCache(self.runs_dir)
@@ -235,41 +266,18 @@ class AttributionCharacteristic(Characteristic):
             done = None if store is None else store.load_extras(seed_key)
             kept = done is not None
             if not kept:
-                before = _counters(scorer)
-                started = time.perf_counter()
                 try:
-                    attrs = self._attribute(feats, model, task, seed, n_classes, scorer)
+                    done = self._run_seed(feats, model, task, seed, n_classes, scorer)
                 except RuntimeError as err:  # a model the method cannot run through: reported, not fatal
                     error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
                     log.warning("%s on %s failed: %s", self.name, model.name, error)
                     break
-                after = _counters(scorer)
-                done = {
-                    "seed": seed,
-                    "attributions": [np.round(a, 8).tolist() for a in attrs],
-                    "seconds": time.perf_counter() - started,
-                    "perturbed_texts": after[0] - before[0],
-                    "unique_texts": after[1] - before[1],
-                    "perturbed_tokens": after[2] - before[2],
-                }
                 if store is not None:
                     store.save_extras(seed_key, done)
             runs[str(seed)] = done["attributions"]
             for key in totals:
                 totals[key] += done[key]
-            log.info(
-                "%s: seed %s (%d of %d), %d examples, %.1f s%s, %d perturbed texts (%d unique, %d tokens)",
-                self.name,
-                seed,
-                k + 1,
-                len(seeds),
-                len(feats),
-                done["seconds"],
-                " (kept from an earlier run)" if kept else "",
-                done["perturbed_texts"],
-                done["unique_texts"],
-                done["perturbed_tokens"],
-            )
+            self._log_seed(seed, k, len(seeds), len(feats), done, kept)
         return {
             "method": self.method,
             "examples": [{"id": f.example_id, "words": f.words, "segments": f.segments} for f in feats],
@@ -280,6 +288,62 @@ class AttributionCharacteristic(Characteristic):
             "unique_texts": int(totals["unique_texts"]),
             "perturbed_tokens": int(totals["perturbed_tokens"]),
         }
+
+    def _features(self, data: Any, task: Mapping[str, Any]) -> list[WordFeatures]:
+        """Word features of the explained examples (:meth:`examples`), in file order."""
+        ids = [int(i) for i in data["id"]]
+        pos = self.examples(ids)
+        pair = bool(task.get("pair"))
+        text_a = data["text_a"]
+        text_b = data["text_b"] if pair else None
+        return [
+            WordFeatures.from_texts(ids[i], text_a[i], text_b[i] if pair else None, self.word_pattern)
+            for i in pos
+        ]
+
+    def _run_seed(
+        self,
+        feats: list[WordFeatures],
+        model: ModelHandle,
+        task: Mapping[str, Any],
+        seed: int,
+        n_classes: int,
+        scorer: TextScorer | None,
+    ) -> dict[str, Any]:
+        """One seed's attributions (rounded to 8 decimals) with its wall time and scorer counters.
+
+        Raises:
+            RuntimeError: the method cannot run through the model (``collect`` reports it).
+        """
+        before = _counters(scorer)
+        started = time.perf_counter()
+        attrs = self._attribute(feats, model, task, seed, n_classes, scorer)
+        after = _counters(scorer)
+        return {
+            "seed": seed,
+            "attributions": [np.round(a, 8).tolist() for a in attrs],
+            "seconds": time.perf_counter() - started,
+            "perturbed_texts": after[0] - before[0],
+            "unique_texts": after[1] - before[1],
+            "perturbed_tokens": after[2] - before[2],
+        }
+
+    def _log_seed(
+        self, seed: int, k: int, n_seeds: int, n_examples: int, done: Mapping[str, Any], kept: bool
+    ) -> None:
+        log.info(
+            "%s: seed %s (%d of %d), %d examples, %.1f s%s, %d perturbed texts (%d unique, %d tokens)",
+            self.name,
+            seed,
+            k + 1,
+            n_seeds,
+            n_examples,
+            done["seconds"],
+            " (kept from an earlier run)" if kept else "",
+            done["perturbed_texts"],
+            done["unique_texts"],
+            done["perturbed_tokens"],
+        )
 
     # ------------------------------------------------------------------ reports
     def _collected(self, out: ModelOutputs) -> Mapping[str, Any]:
@@ -410,7 +474,7 @@ class AttributionCharacteristic(Characteristic):
                 result.metrics[f"{pair}/{m}"] = float("nan")
             return result
         al = self._alignment(ref, cand, ex_r, ex_c)
-        ids, rows, runs, values, pos_r, pos_c = al.ids, al.rows, al.runs, al.values, al.pos_r, al.pos_c
+        ids, rows, runs, values = al.ids, al.rows, al.runs, al.values
         cls_r, cls_c = al.cls_r, al.cls_c
         per_ex = {m: np.nanmean(v, axis=0) if np.isfinite(v).any() else v[0] for m, v in values.items()}
         for m, v in values.items():
@@ -451,14 +515,29 @@ class AttributionCharacteristic(Characteristic):
             f"{self.method.upper()} top-{self.top_k} Jaccard, {ref.name} vs {cand.name}",
             f"Jaccard@{self.top_k} per example (mean over runs)",
         )
-        self._heatmaps(
-            result, pair, ref, cand, ex_r, ex_c, ids, pos_r, pos_c, rows, cls_r, cls_c, runs, per_ex
-        )
+        self._heatmaps(result, pair, ref, cand, ex_r, ex_c, al, per_ex)
         return result
 
     def _heatmaps(
-        self, result, pair, ref, cand, ex_r, ex_c, ids, pos_r, pos_c, rows, cls_r, cls_c, runs, per_ex
-    ):
+        self,
+        result: CharacteristicResult,
+        pair: str,
+        ref: ModelOutputs,
+        cand: ModelOutputs,
+        ex_r: Mapping[str, Any],
+        ex_c: Mapping[str, Any],
+        al: _Alignment,
+        per_ex: Mapping[str, np.ndarray],
+    ) -> None:
+        ids, pos_r, pos_c, rows, cls_r, cls_c, runs = (
+            al.ids,
+            al.pos_r,
+            al.pos_c,
+            al.rows,
+            al.cls_r,
+            al.cls_c,
+            al.runs,
+        )
         if self.n_figure_examples <= 0 and not self.figure_examples:
             return
         if self.figure_examples:
