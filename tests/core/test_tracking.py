@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO, compose, tiny_overrides
 
-from trustequiv.report import tracking
+from trustequiv import tracking
 from trustequiv.run import pipeline
 from trustequiv.tracking import model_logger, role_metrics, run_config, verdict_metrics, wandb_mode
 from trustequiv.user_errors import ConfigError
